@@ -1,0 +1,1 @@
+"""Results database: typed schema, engine and sessions, migrations and writes."""

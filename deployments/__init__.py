@@ -1,0 +1,1 @@
+"""Prefect deployments of the flows, with their schedules."""

@@ -1,0 +1,1 @@
+"""Prefect flows: `process_incoming` (the main job) and `retrain_models`."""

@@ -1,0 +1,1 @@
+"""The four classifiers: architectures, export in TF Serving layout and the model repository."""

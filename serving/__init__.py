@@ -1,0 +1,1 @@
+"""TF Serving: gRPC client, local TF-Serving-compatible server and production configuration."""

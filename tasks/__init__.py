@@ -1,0 +1,1 @@
+"""Steps of the main job: intake, DICOM reading, preprocessing, scoring, ensemble, results."""
