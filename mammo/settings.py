@@ -251,3 +251,5 @@ class Settings(BaseSettings):
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("DO_NOT_TRACK", "1")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Send the project's module loggers to the Prefect run logs too.
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,db,serving,models")
