@@ -1,0 +1,82 @@
+"""Tiny SavedModels that meet the serving contract, and helpers to publish and score them.
+
+Each tiny model returns the mean pixel value divided by 255 as its malignancy probability, so
+a test can compute the expected score of any image exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from mammo.settings import Settings
+
+#: Input size per model in the test repository. Canonical test images are CANONICAL_SIZE
+#: pixels square, so the client shrinks them for three models and sends them unchanged to one.
+MODEL_SIZES = {"cnn": 32, "efficientnetb7": 64, "resnet50": 32, "vgg19": 48}
+CANONICAL_SIZE = 64
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "models.config"
+
+
+def save_mean_model(
+    version_dir: Path,
+    size: int,
+    *,
+    input_dtype: tf.DType = tf.uint8,
+    channels: int = 1,
+    output_name: str = "malignancy_probability",
+    divisor: float = 255.0,
+) -> None:
+    """Save a SavedModel whose output is mean(image) / divisor, shape [batch, 1].
+
+    The output equals float32(mean) / float32(divisor) when float32 holds the pixel sum
+    exactly: for any image up to 256 pixels square, and for constant images of 512 pixels.
+
+    The keyword arguments break the contract on purpose; ``divisor=0`` gives non-finite output.
+    """
+
+    class MeanModel(tf.Module):
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, size, size, channels], input_dtype, name="image")]
+        )
+        def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+            # An integer sum and one float32 division are exact up to rounding the quotient.
+            total = tf.reduce_sum(tf.cast(image, tf.int32), axis=[1, 2, 3])
+            probability = tf.cast(total, tf.float32) / (size * size * channels * divisor)
+            return {output_name: probability[:, tf.newaxis]}
+
+    model = MeanModel()
+    tf.saved_model.save(model, str(version_dir), signatures={"serving_default": model.serve})
+
+
+def publish_version(model_dir: Path, version: int, size: int, **kwargs: object) -> Path:
+    """Write a version to ``.staging/`` and rename it into place, as the model repository does."""
+    staging = model_dir / ".staging" / str(version)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    save_mean_model(staging, size, **kwargs)
+    target = model_dir / str(version)
+    os.rename(staging, target)
+    return target
+
+
+def expected_probability(value: int) -> np.float64:
+    """Score of a constant image with pixel ``value``: the float32 computation in the model."""
+    return np.float64(np.float32(value) / np.float32(255.0))
+
+
+def make_settings(repository: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        data_dir=repository.parent,
+        model_repository=repository,
+        model_config_file=REPOSITORY_CONFIG,
+        serving_address="127.0.0.1:0",
+        serving_timeout_seconds=20.0,
+        serving_retries=3,
+        serving_retry_backoff_seconds=0.1,
+        serving_poll_seconds=0.2,
+    )
+    values.update(overrides)
+    return Settings(**values)
