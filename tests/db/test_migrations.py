@@ -40,10 +40,10 @@ class TestUpgrade:
         assert current_revision(database_url) is None
 
         upgrade(database_url)
-        assert current_revision(database_url) == "0001"
+        assert current_revision(database_url) == "0002"
 
     def test_upgrade_twice_is_harmless(self, database_url):
         upgrade(database_url)
         upgrade(database_url)
 
-        assert current_revision(database_url) == "0001"
+        assert current_revision(database_url) == "0002"
