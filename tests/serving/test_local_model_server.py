@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -268,3 +273,40 @@ class TestSplitHostPort:
     def test_invalid_address_raises(self, address: str) -> None:
         with pytest.raises(ValueError, match="expected host:port"):
             split_host_port(address)
+
+
+class TestServeForever:
+    def test_sigterm_stops_server(self, model_repository: Path, tmp_path: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        environment = {
+            **os.environ,
+            "MAMMO_DATA_DIR": str(tmp_path),
+            "MAMMO_MODEL_REPOSITORY": str(model_repository),
+            "MAMMO_SERVING_ADDRESS": f"127.0.0.1:{port}",
+        }
+        script = (
+            "import logging; logging.basicConfig(level=logging.INFO); "
+            "from mammo.settings import Settings; from serving.local_server import serve_forever; "
+            "serve_forever(Settings())"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], env=environment, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                response = stub.GetModelStatus(status_request("cnn"), timeout=60, wait_for_ready=True)
+            process.send_signal(signal.SIGTERM)
+            _, log = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+        assert response.model_version_status[0].state == State.AVAILABLE
+        assert process.returncode == 0
+        assert f"Local model server listening on 127.0.0.1:{port}" in log
+        assert "Received SIGTERM" in log
+        assert f"Local model server on 127.0.0.1:{port} stopped" in log

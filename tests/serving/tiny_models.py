@@ -32,8 +32,7 @@ def save_mean_model(
 ) -> None:
     """Save a SavedModel whose output is mean(image) / divisor, shape [batch, 1].
 
-    The output equals float32(mean) / float32(divisor) when float32 holds the pixel sum
-    exactly: for any image up to 256 pixels square, and for constant images of 512 pixels.
+    The output is mean(image) / divisor computed in float64 and rounded once to float32.
 
     The keyword arguments break the contract on purpose; ``divisor=0`` gives non-finite output.
     """
@@ -43,10 +42,12 @@ def save_mean_model(
             input_signature=[tf.TensorSpec([None, size, size, channels], input_dtype, name="image")]
         )
         def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-            # An integer sum and one float32 division are exact up to rounding the quotient.
-            total = tf.reduce_sum(tf.cast(image, tf.int32), axis=[1, 2, 3])
-            probability = tf.cast(total, tf.float32) / (size * size * channels * divisor)
-            return {output_name: probability[:, tf.newaxis]}
+            # An exact integer sum and a float64 division, rounded once to float32. TensorFlow
+            # may turn a float32 division by a constant into a multiplication by its reciprocal,
+            # which rounds twice.
+            total = tf.reduce_sum(tf.cast(image, tf.int64), axis=[1, 2, 3])
+            probability = tf.cast(total, tf.float64) / (size * size * channels * divisor)
+            return {output_name: tf.cast(probability, tf.float32)[:, tf.newaxis]}
 
     model = MeanModel()
     tf.saved_model.save(model, str(version_dir), signatures={"serving_default": model.serve})
@@ -63,8 +64,8 @@ def publish_version(model_dir: Path, version: int, size: int, **kwargs: object) 
 
 
 def expected_probability(value: int) -> np.float64:
-    """Score of a constant image with pixel ``value``: the float32 computation in the model."""
-    return np.float64(np.float32(value) / np.float32(255.0))
+    """Return the score of a constant image with pixel ``value``, as the model computes it."""
+    return np.float64(np.float32(value / 255.0))
 
 
 def make_settings(repository: Path, **overrides: object) -> Settings:

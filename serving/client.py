@@ -1,0 +1,314 @@
+"""gRPC client of TF Serving (or the local model server) that scores canonical images.
+
+One `ServingClient` holds one channel with the message limits from settings. Every call has
+a deadline of ``serving_timeout_seconds``. Calls that fail with UNAVAILABLE or
+DEADLINE_EXCEEDED are retried ``serving_retries`` times, after ``serving_retry_backoff_seconds``
+and then twice as long on each retry. Other failures are not retried.
+
+`ServingClient.check_models` fails fast, naming the model, when a model is not AVAILABLE or its
+signature breaks the contract in `serving.signature_contract`. `ServingClient.score` calls the
+models concurrently and reports, for each model, the version that the responses name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import Message
+from tensorflow.core.framework import tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from mammo.errors import ConfigurationError, ModelContractError, ModelServingError
+from mammo.settings import Settings
+from serving.request_batches import max_images_per_request, resize_images, split_batch
+from serving.signature_contract import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_DEF_FIELD,
+    SIGNATURE_NAME,
+    ServedModel,
+    served_model_from_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+#: Floor of the channel's reconnect backoff; gRPC needs a positive value.
+MIN_RECONNECT_BACKOFF_MS = 100
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
+
+Response = TypeVar("Response", bound=Message)
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """Malignancy probabilities of one model, in input order, and the version that made them."""
+
+    model_name: str
+    version: int
+    probabilities: np.ndarray
+
+
+class ServingClient:
+    """Client of the models in ``settings.model_names`` at ``settings.serving_address``.
+
+    Use it as a context manager, or call `close`, to release the channel and the threads.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._model_names = tuple(settings.model_names)
+        self._timeout = settings.serving_timeout_seconds
+        self._max_message_bytes = settings.serving_max_message_bytes
+
+        # Reconnect at least as often as calls are retried. Otherwise a call made while the
+        # channel waits out its own reconnect backoff (1 s, growing to 120 s, in gRPC's
+        # defaults) fails at once with UNAVAILABLE and uses up a retry.
+        reconnect_ms = max(
+            MIN_RECONNECT_BACKOFF_MS, int(settings.serving_retry_backoff_seconds * 1000)
+        )
+        self._channel = grpc.insecure_channel(
+            settings.serving_address,
+            options=[
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.max_reconnect_backoff_ms", reconnect_ms),
+            ],
+        )
+        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_service = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(self._model_names), thread_name_prefix="serving-client"
+        )
+        self._served: dict[str, ServedModel] = {}
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._channel.close()
+
+    # --- Contract check ------------------------------------------------------------------
+    def check_models(self) -> dict[str, ServedModel]:
+        """Check that every model is AVAILABLE and meets the signature contract.
+
+        Returns the served models by name and keeps them for `score`, which uses their input
+        sizes. Raises ModelContractError naming the model and the mismatch, and
+        ModelServingError when the server cannot be reached within the retries.
+        """
+        served = {}
+        for name in self._model_names:
+            self._check_available(name)
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                metadata_field=[SIGNATURE_DEF_FIELD]
+            )
+            request.model_spec.name = name
+            request.model_spec.signature_name = SIGNATURE_NAME
+            response = self._call(name, "GetModelMetadata", self._prediction.GetModelMetadata, request)
+            served[name] = served_model_from_metadata(name, response)
+            logger.info(
+                "Model %s version %d meets the serving contract, input %dx%d",
+                name, served[name].version, served[name].input_height, served[name].input_width,
+            )
+        self._served = served
+        return dict(served)
+
+    def _check_available(self, name: str) -> None:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        response = self._call(name, "GetModelStatus", self._model_service.GetModelStatus, request)
+
+        states = {
+            status.version: get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
+            for status in response.model_version_status
+        }
+        if AVAILABLE not in {status.state for status in response.model_version_status}:
+            raise ModelContractError(
+                f"model {name!r} has no AVAILABLE version; version states: {states}"
+            )
+
+    # --- Scoring -------------------------------------------------------------------------
+    def score(self, images: np.ndarray) -> dict[str, ModelScores]:
+        """Score canonical images with every model, calling the models concurrently.
+
+        Args:
+            images: grayscale uint8 images of shape ``[N, S, S]``, N >= 1.
+
+        Returns:
+            `ModelScores` per model name: float64 probabilities of shape ``[N]`` in input
+            order, and the version that every response for this call reported.
+
+        Raises:
+            ValueError: ``images`` is not a non-empty uint8 array of shape [N, S, S].
+            ModelServingError: a request failed after the retries, the responses of one call
+                reported different versions, or a probability is not finite.
+            ConfigurationError: a request exceeded a gRPC message limit.
+            ModelContractError: from `check_models`, which runs first if it has not run yet.
+        """
+        _check_images(images)
+        if not self._served:
+            self.check_models()
+
+        # Resize once per distinct input size; models of the same size share the array.
+        resized: dict[tuple[int, int], np.ndarray] = {}
+        for name in self._model_names:
+            size = (self._served[name].input_height, self._served[name].input_width)
+            if size not in resized:
+                resized[size] = resize_images(images, *size)
+
+        started = time.perf_counter()
+        futures = {
+            name: self._executor.submit(
+                self._score_model,
+                self._served[name],
+                resized[(self._served[name].input_height, self._served[name].input_width)],
+            )
+            for name in self._model_names
+        }
+        scores = {name: future.result() for name, future in futures.items()}
+        logger.info(
+            "Scored %d images with %d models in %.3f s",
+            len(images), len(scores), time.perf_counter() - started,
+        )
+        return scores
+
+    def _score_model(self, model: ServedModel, images: np.ndarray) -> ModelScores:
+        per_request = max_images_per_request(
+            model.input_height, model.input_width, self._max_message_bytes
+        )
+        if per_request == 0:
+            raise ConfigurationError(
+                f"one {model.input_height}x{model.input_width} image for model {model.name!r} "
+                f"does not fit in a gRPC message of {self._max_message_bytes} bytes; raise "
+                "serving_max_message_bytes"
+            )
+
+        probabilities = []
+        versions = set()
+        for batch in split_batch(images, per_request):
+            response = self._predict(model.name, batch)
+            versions.add(response.model_spec.version.value)
+            probabilities.append(_read_probabilities(model.name, response, len(batch)))
+
+        if len(versions) > 1:
+            raise ModelServingError(
+                f"model {model.name!r} answered one scoring call with versions {sorted(versions)}, "
+                "probably because a new version was loaded meanwhile; score the images again"
+            )
+        result = np.concatenate(probabilities).astype(np.float64)
+
+        not_finite = np.flatnonzero(~np.isfinite(result))
+        if not_finite.size:
+            raise ModelServingError(
+                f"model {model.name!r} version {versions.pop()} returned non-finite "
+                f"probabilities for images at positions {not_finite.tolist()}"
+            )
+        logger.debug("Model %s scored %d images", model.name, len(result))
+        return ModelScores(model.name, versions.pop(), result)
+
+    def _predict(self, name: str, batch: np.ndarray) -> predict_pb2.PredictResponse:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = SIGNATURE_NAME
+        request.output_filter.append(OUTPUT_NAME)
+
+        tensor = request.inputs[INPUT_NAME]
+        tensor.dtype = types_pb2.DT_UINT8
+        tensor.tensor_shape.dim.extend(
+            tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in batch.shape
+        )
+        tensor.tensor_content = np.ascontiguousarray(batch).tobytes()
+        return self._call(name, "Predict", self._prediction.Predict, request)
+
+    # --- Calls with deadline and retries -------------------------------------------------
+    def _call(
+        self, name: str, method: str, stub_method: Callable[..., Response], request: Message
+    ) -> Response:
+        retries = self._settings.serving_retries
+        for attempt in range(retries + 1):
+            try:
+                return stub_method(request, timeout=self._timeout)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code in RETRYABLE_CODES and attempt < retries:
+                    delay = self._settings.serving_retry_backoff_seconds * 2**attempt
+                    logger.warning(
+                        "%s for model %s failed with %s (retry %d of %d in %.2f s): %s",
+                        method, name, code.name, attempt + 1, retries, delay, error.details(),
+                    )
+                    time.sleep(delay)
+                    continue
+                raise _translate_error(name, method, error, request.ByteSize(), attempt) from error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _translate_error(
+    name: str, method: str, error: grpc.RpcError, request_bytes: int, retries_done: int
+) -> Exception:
+    code = error.code()
+    details = error.details()
+    call = f"{method} for model {name!r}"
+
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ConfigurationError(
+            f"{call} failed with RESOURCE_EXHAUSTED for a request of {request_bytes} bytes: "
+            f"{details}. Raise the message limit of the client (serving_max_message_bytes) "
+            "or of the server so that they match"
+        )
+    if code == grpc.StatusCode.NOT_FOUND and method != "Predict":
+        return ModelContractError(f"model {name!r} is not served: {details}")
+    if code in RETRYABLE_CODES:
+        return ModelServingError(
+            f"{call} failed with {code.name} after {retries_done} retries: {details}"
+        )
+    # NOTE: a new version with another input size makes Predict fail with INVALID_ARGUMENT
+    # until check_models() runs again and reads the new size.
+    return ModelServingError(f"{call} failed with {code.name}: {details}")
+
+
+def _read_probabilities(
+    name: str, response: predict_pb2.PredictResponse, batch_size: int
+) -> np.ndarray:
+    if OUTPUT_NAME not in response.outputs:
+        raise ModelServingError(
+            f"model {name!r} returned outputs {sorted(response.outputs)} without {OUTPUT_NAME!r}"
+        )
+    output = tf.make_ndarray(response.outputs[OUTPUT_NAME])
+    if output.shape != (batch_size, 1):
+        raise ModelServingError(
+            f"model {name!r} returned {OUTPUT_NAME!r} of shape {list(output.shape)} for "
+            f"{batch_size} images; expected [{batch_size}, 1]"
+        )
+    return output.reshape(batch_size)
+
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
+        description = (
+            f"{images.dtype} array of shape {list(images.shape)}"
+            if isinstance(images, np.ndarray)
+            else type(images).__name__
+        )
+        raise ValueError(f"images must be a uint8 array of shape [N, S, S], got {description}")
+    if len(images) == 0:
+        raise ValueError("images must contain at least one image, got an empty batch")
