@@ -12,14 +12,16 @@ Values cross into the database through `to_db_value`: NumPy scalars become Pytho
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.schema import (
     DuplicateRecord,
@@ -31,6 +33,10 @@ from db.schema import (
     SecondOpinion,
     utc_now,
 )
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def to_db_value(value: Any) -> Any:
@@ -135,3 +141,25 @@ def find_instances(session: Session, sop_instance_uids: Iterable[str]) -> dict[s
         ):
             found[instance.sop_instance_uid] = instance
     return found
+
+
+def run_in_transaction(session_factory: sessionmaker[Session],
+                       work: Callable[[Session], T], *, retries_on_disconnect: int = 1) -> T:
+    """Run ``work`` in one transaction, retrying it when the connection drops mid-way.
+
+    Only a lost connection is retried (``DBAPIError.connection_invalidated``): the transaction
+    was rolled back by the server, and every write here is an idempotent upsert, so running
+    the whole unit again cannot double a row. Any other error propagates at once.
+    """
+    attempt = 0
+    while True:
+        try:
+            with session_factory.begin() as session:
+                return work(session)
+        except DBAPIError as error:
+            if not error.connection_invalidated or attempt >= retries_on_disconnect:
+                raise
+            attempt += 1
+            logger.warning("Database connection lost during a write (%s); retrying the "
+                           "transaction, attempt %d of %d", type(error.orig).__name__,
+                           attempt, retries_on_disconnect)

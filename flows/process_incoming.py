@@ -105,10 +105,10 @@ def record(settings: Settings, session_factory, batch: PreparedBatch,
             {name: run.probabilities for name, run in model_runs.items()},
             {name: settings.ensemble_weight(name) for name in model_runs},
             settings.operating_threshold)
-    with session_factory.begin() as session:
-        record_batch(session, batch, model_runs=model_runs, ensemble=ensemble,
-                     flow_run_id=run_id, preprocessing_version=PREPROCESSING_VERSION,
-                     archive_dir=settings.archive_dir, quarantine_dir=settings.quarantine_dir)
+    writes.run_in_transaction(session_factory, lambda session: record_batch(
+        session, batch, model_runs=model_runs, ensemble=ensemble, flow_run_id=run_id,
+        preprocessing_version=PREPROCESSING_VERSION, archive_dir=settings.archive_dir,
+        quarantine_dir=settings.quarantine_dir))
 
 
 @task(cache_policy=NO_CACHE)

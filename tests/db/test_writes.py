@@ -129,3 +129,45 @@ class TestFindInstances:
         with session_factory() as session:
             found = writes.find_instances(session, ["1.2", "9.9"])
         assert set(found) == {"1.2"}
+
+
+class TestRunInTransaction:
+    def test_retries_once_after_backend_terminated(self, fresh_postgres_url):
+        upgrade(fresh_postgres_url)
+        engine = make_engine(fresh_postgres_url)
+        factory = make_session_factory(engine)
+        admin = make_engine(fresh_postgres_url)
+        attempts = []
+
+        def write(session):
+            attempts.append(1)
+            writes.upsert(session, Instance.__table__, [_instance("1.1")],
+                          key=("sop_instance_uid",))
+            if len(attempts) == 1:
+                pid = session.scalar(select(func.pg_backend_pid()))
+                with admin.connect() as connection:
+                    connection.execute(select(func.pg_terminate_backend(pid)))
+            writes.upsert(session, Instance.__table__, [_instance("1.2")],
+                          key=("sop_instance_uid",))
+
+        writes.run_in_transaction(factory, write)
+
+        assert len(attempts) == 2
+        with factory() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 2
+        engine.dispose()
+        admin.dispose()
+
+    def test_other_errors_are_not_retried(self, session_factory):
+        attempts = []
+
+        def write(session):
+            attempts.append(1)
+            writes.upsert(session, Instance.__table__, [_instance("1.1", laterality=None)],
+                          key=("sop_instance_uid",))
+
+        with pytest.raises(Exception, match="(?i)not[ -]null"):
+            writes.run_in_transaction(session_factory, write)
+        assert len(attempts) == 1
+        with session_factory() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 0
