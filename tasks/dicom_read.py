@@ -134,7 +134,7 @@ _PIXEL_DATA_TAG_BYTES = {True: b"\xe0\x7f\x10\x00", False: b"\x7f\xe0\x00\x10"}
 class DicomInstance:
     """One accepted DICOM image, with the identifiers that results are stored under.
 
-    `dataset` holds the full data set with the still encoded Pixel Data; it is left out of
+    `dataset` contains the full data set with the Pixel Data still encoded. It is left out of
     comparisons, hashing and ``repr``.
     """
 
