@@ -1,8 +1,7 @@
-"""Read results back: one row per scored instance, and the quarantine log.
+"""Read results back from the reporting views, and the quarantine log.
 
-Rows come back as pandas DataFrames with one column per model for probability and version
-(``<model>_probability``, ``<model>_version``), so a table, CSV or JSON export has the same
-stable columns whatever the number of models.
+Rows come back as pandas DataFrames with the views' stable column names, so a table, CSV or
+JSON export has the columns that ``docs/reporting.md`` documents.
 """
 
 from __future__ import annotations
@@ -11,66 +10,69 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import column, select, table, text
 from sqlalchemy.orm import Session
 
-from db.schema import Instance, ModelScore, ModelVersion, QuarantineRecord, SecondOpinion
+from db.schema import ModelVersion, QuarantineRecord
 
-INSTANCE_COLUMNS = [
-    "sop_instance_uid", "study_instance_uid", "series_instance_uid", "accession_number",
-    "patient_id", "study_date", "laterality", "view",
-]
+LEVELS = {
+    "instance": ("second_opinion_instances", "study_instance_uid, sop_instance_uid"),
+    "breast": ("second_opinion_breasts", "study_instance_uid, laterality"),
+    "study": ("second_opinion_studies", "study_instance_uid"),
+}
 
 
 @dataclass(frozen=True)
 class ResultFilter:
-    """Optional filters of `instance_results`; None means no filter."""
+    """Optional filters of `report_rows`; None means no filter. Dates are study dates,
+    times are processing times (timezone-aware or UTC)."""
 
     accession_number: str | None = None
     study_instance_uid: str | None = None
+    study_date_from: dt.date | None = None
+    study_date_to: dt.date | None = None
     processed_from: dt.datetime | None = None
     processed_to: dt.datetime | None = None
     category: str | None = None
 
 
-def instance_results(session: Session, model_names: tuple[str, ...],
-                     filters: ResultFilter = ResultFilter()) -> pd.DataFrame:
-    """Return one row per scored instance, ordered by study and SOPInstanceUID."""
-    query = (
-        select(*(getattr(Instance, c) for c in INSTANCE_COLUMNS),
-               SecondOpinion.ensemble_probability, SecondOpinion.threshold,
-               SecondOpinion.category, SecondOpinion.models_agreeing,
-               SecondOpinion.models_total, SecondOpinion.model_versions,
-               SecondOpinion.preprocessing_version, SecondOpinion.flow_run_id,
-               SecondOpinion.processed_at)
-        .join(SecondOpinion, SecondOpinion.sop_instance_uid == Instance.sop_instance_uid)
-        .order_by(Instance.study_instance_uid, Instance.sop_instance_uid)
-    )
-    if filters.accession_number:
-        query = query.where(Instance.accession_number == filters.accession_number)
-    if filters.study_instance_uid:
-        query = query.where(Instance.study_instance_uid == filters.study_instance_uid)
-    if filters.processed_from:
-        query = query.where(SecondOpinion.processed_at >= filters.processed_from)
-    if filters.processed_to:
-        query = query.where(SecondOpinion.processed_at < filters.processed_to)
-    if filters.category:
-        query = query.where(SecondOpinion.category == filters.category)
-    frame = pd.DataFrame(session.execute(query).mappings().all())
-    if frame.empty:
-        return frame
+def report_rows(session: Session, level: str = "instance",
+                filters: ResultFilter = ResultFilter()) -> pd.DataFrame:
+    """Return the rows of the reporting view of ``level`` (instance, breast or study).
 
-    scores = pd.DataFrame(session.execute(
-        select(ModelScore.sop_instance_uid, ModelScore.model_name, ModelScore.model_version,
-               ModelScore.probability)
-        .where(ModelScore.sop_instance_uid.in_(frame["sop_instance_uid"].tolist()))
-    ).mappings().all())
-    for name in model_names:
-        own = scores[scores["model_name"] == name].set_index("sop_instance_uid")
-        frame[f"{name}_probability"] = frame["sop_instance_uid"].map(own["probability"])
-        frame[f"{name}_version"] = frame["sop_instance_uid"].map(own["model_version"]) \
-            .astype("Int64")
-    return frame
+    Reads the same views that reporting tools read, so the command line shows exactly what
+    they see. Raises ValueError for an unknown level.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
+    view_name, order = LEVELS[level]
+    view = table(view_name, column("accession_number"), column("study_instance_uid"),
+                 column("study_date"), column("processed_at"), column("category"))
+
+    conditions = []
+    if filters.accession_number:
+        conditions.append(view.c.accession_number == filters.accession_number)
+    if filters.study_instance_uid:
+        conditions.append(view.c.study_instance_uid == filters.study_instance_uid)
+    if filters.study_date_from:
+        conditions.append(view.c.study_date >= filters.study_date_from)
+    if filters.study_date_to:
+        conditions.append(view.c.study_date <= filters.study_date_to)
+    if filters.processed_from:
+        conditions.append(view.c.processed_at >= filters.processed_from)
+    if filters.processed_to:
+        conditions.append(view.c.processed_at < filters.processed_to)
+    if filters.category:
+        conditions.append(view.c.category == filters.category)
+
+    query = select(text("*")).select_from(view).where(*conditions).order_by(text(order))
+    return pd.DataFrame(session.execute(query).mappings().all())
+
+
+def instance_results(session: Session, model_names: tuple[str, ...] = (),
+                     filters: ResultFilter = ResultFilter()) -> pd.DataFrame:
+    """Return one row per scored instance (the ``second_opinion_instances`` view)."""
+    return report_rows(session, "instance", filters)
 
 
 def quarantine_log(session: Session) -> pd.DataFrame:

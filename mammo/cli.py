@@ -184,28 +184,24 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 # --- results -----------------------------------------------------------------------------
 def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
-    import datetime as dt
+    from db.queries import ResultFilter, model_version_warnings, quarantine_log, report_rows
 
-    from db.queries import ResultFilter, instance_results, model_version_warnings, \
-        quarantine_log
-
-    factory = _session_factory(settings)
-    with factory() as session:
+    with _session_factory(settings)() as session:
         if args.quarantine:
             frame = quarantine_log(session)
+            warnings = []
         else:
             filters = ResultFilter(
                 accession_number=args.accession,
                 study_instance_uid=args.study,
-                processed_from=dt.datetime.fromisoformat(args.since) if args.since else None,
-                processed_to=dt.datetime.fromisoformat(args.until) if args.until else None,
+                study_date_from=args.date_from,
+                study_date_to=args.date_to,
+                processed_from=args.since,
+                processed_to=args.until,
                 category=args.category,
             )
-            frame = instance_results(session, settings.model_names, filters)
-            versions = {(name, int(version)) for name in settings.model_names
-                        if f"{name}_version" in frame
-                        for version in frame[f"{name}_version"].dropna()}
-            warnings = model_version_warnings(session, versions)
+            frame = report_rows(session, args.level, filters)
+            warnings = model_version_warnings(session, _versions_in(frame))
 
     if frame.empty:
         print(text("cli.no_results", settings.language), file=sys.stderr)
@@ -215,31 +211,73 @@ def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
-        _print_table(frame, settings, quarantine=args.quarantine)
-    if not args.quarantine:
-        for name, version, warning in warnings:
-            print(text("cli.random_weights_warning", settings.language, model=name,
-                       version=version, reason=warning), file=sys.stderr)
+        _print_table(frame, settings, level="quarantine" if args.quarantine else args.level)
+    for name, version, warning in warnings:
+        print(text("cli.random_weights_warning", settings.language, model=name,
+                   version=version, reason=warning), file=sys.stderr)
     return 0
 
 
-def _print_table(frame, settings: Settings, *, quarantine: bool) -> None:
+def _versions_in(frame) -> set[tuple[str, int]]:
+    """Return the (model, version) pairs named in the frame's model_versions column."""
+    pairs: set[tuple[str, int]] = set()
+    for value in frame.get("model_versions", ()):
+        for item in str(value).split(","):
+            name, _, version = item.partition(":")
+            if version.isdigit():
+                pairs.add((name, int(version)))
+    return pairs
+
+
+TABLE_COLUMNS = {
+    "quarantine": ["file_name", "sop_instance_uid", "reason_code", "message"],
+    "breast": ["study_instance_uid", "laterality", "views_present", "views_missing",
+               "probability", "category", "models_agreeing"],
+    "study": ["study_instance_uid", "accession_number", "breast_count", "probability",
+              "category", "most_suspicious_laterality"],
+}
+
+
+def _print_table(frame, settings: Settings, *, level: str) -> None:
     import pandas as pd
 
-    if quarantine:
-        columns = ["file_name", "sop_instance_uid", "reason_code", "message"]
-    else:
+    if level == "instance":
         columns = ["sop_instance_uid", "laterality", "view"]
         for name in settings.model_names:
             columns += [f"{name}_probability", f"{name}_version"]
-        columns += ["ensemble_probability", "category", "models_agreeing"]
-        frame = frame.assign(sop_instance_uid=frame["sop_instance_uid"].str[-24:])
+        columns += ["probability", "category", "models_agreeing"]
+    else:
+        columns = TABLE_COLUMNS[level]
+    # Long UIDs would push the scores off the screen; CSV and JSON keep them whole.
+    for uid_column in ("sop_instance_uid", "study_instance_uid"):
+        if uid_column in columns and level != "quarantine":
+            frame = frame.assign(**{uid_column: "…" + frame[uid_column].str[-20:]})
     with pd.option_context("display.width", 250, "display.max_columns", None,
                            "display.float_format", "{:.4f}".format):
-        print(frame[columns].to_string(index=False))
+        print(frame[[c for c in columns if c in frame.columns]].to_string(index=False))
 
 
 # --- parser ------------------------------------------------------------------------------
+def _date(value: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}")
+
+
+def _datetime(value: str):
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO date and time such as "
+                                         f"2026-12-01T08:00, got {value!r}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammo", description="AI second opinion on "
                                      "mammograms. Settings come from MAMMO_* variables.")
@@ -285,13 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
         .set_defaults(handler=cmd_serve)
 
     results = commands.add_parser("results", help="print second-opinion results")
+    results.add_argument("--level", choices=("instance", "breast", "study"),
+                         default="instance", help="one row per instance, breast or study")
     results.add_argument("--format", choices=("table", "csv", "json"), default="table")
     results.add_argument("--quarantine", action="store_true",
                          help="print the quarantine log instead of results")
     results.add_argument("--accession", help="AccessionNumber to match")
     results.add_argument("--study", help="StudyInstanceUID to match")
-    results.add_argument("--since", help="processed at or after this ISO date/time")
-    results.add_argument("--until", help="processed before this ISO date/time")
+    results.add_argument("--date-from", type=_date, help="first study date, YYYY-MM-DD")
+    results.add_argument("--date-to", type=_date, help="last study date, YYYY-MM-DD")
+    results.add_argument("--since", type=_datetime,
+                         help="processed at or after this ISO time (UTC unless it has an "
+                         "offset)")
+    results.add_argument("--until", type=_datetime, help="processed before this ISO time")
     results.add_argument("--category", choices=("suspicious", "not_suspicious"))
     results.set_defaults(handler=cmd_results)
     return parser

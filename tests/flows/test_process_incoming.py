@@ -95,7 +95,7 @@ class TestProcessIncoming:
         engine = make_engine(flow_settings.resolved_database_url())
         factory = make_session_factory(engine)
         with factory() as session:
-            frame = instance_results(session, MODEL_NAMES)
+            frame = instance_results(session)
             quarantine = session.scalars(select(QuarantineRecord)).all()
         assert len(frame) == 8
         for _, row in frame.iterrows():
@@ -103,7 +103,7 @@ class TestProcessIncoming:
                 probability = row[f"{name}_probability"]
                 assert 0.0 <= probability <= 1.0 and math.isfinite(probability)
                 assert row[f"{name}_version"] == 1
-            assert 0.0 <= row["ensemble_probability"] <= 1.0
+            assert 0.0 <= row["probability"] <= 1.0
             assert row["category"] in {"suspicious", "not_suspicious"}
             assert 0 <= row["models_agreeing"] <= 4
             assert row["models_total"] == 4
