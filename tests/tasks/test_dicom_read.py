@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import DigitalMammographyXRayImageStorageForProcessing
 
 from mammo.errors import InputRejected, ReasonCode
-from mammogram_files import CBIS_DDSM_FILES, make_dataset, write_dataset
+from tests.tasks.mammogram_files import CBIS_DDSM_FILES, make_dataset, write_dataset
 from tasks.dicom_read import DicomInstance, read_instance
 
 

@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from mammo.errors import InputRejected, ReasonCode
-from mammogram_files import (
+from tests.tasks.mammogram_files import (
     BITS_STORED,
     CBIS_DDSM_FILES,
     COLUMNS,

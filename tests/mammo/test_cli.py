@@ -1,0 +1,85 @@
+"""The `mammo` command line on a SQLite database in a tmp folder."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from mammo.cli import main
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAMMO_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("MAMMO_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["db", "init"]) == 0
+    return tmp_path / "var"
+
+
+def _write_exam(data_dir):
+    from db.engine import make_engine
+    from tests.db.test_views import _write_exam as write
+
+    engine = make_engine(f"sqlite:///{data_dir / 'mammo.db'}")
+    write(engine, "1.2.826.9", {("L", "CC"): 0.8, ("L", "MLO"): 0.3, ("R", "CC"): 0.1})
+    engine.dispose()
+
+
+class TestDbInit:
+    def test_creates_database_and_prints_revision(self, data_dir, capsys):
+        assert main(["db", "init"]) == 0
+        assert "schema revision 0002" in capsys.readouterr().out
+        assert (data_dir / "mammo.db").exists()
+
+    def test_turkish_message(self, data_dir, capsys, monkeypatch):
+        monkeypatch.setenv("MAMMO_LANGUAGE", "tr")
+        assert main(["db", "init"]) == 0
+        assert "Veritabanı hazır" in capsys.readouterr().out
+
+
+class TestResults:
+    def test_empty_database_says_so(self, data_dir, capsys):
+        assert main(["results"]) == 0
+        assert "No results match." in capsys.readouterr().err
+
+    def test_csv_instance_level(self, data_dir, capsys):
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--format", "csv"]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert len(rows) == 3
+        assert {"cnn_probability", "vgg19_version", "text_en", "text_tr"} <= set(rows[0])
+
+    def test_json_breast_level(self, data_dir, capsys):
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--level", "breast", "--format", "json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [(r["laterality"], r["views_missing"]) for r in rows] == [("L", ""),
+                                                                         ("R", "MLO")]
+
+    def test_category_filter_and_table(self, data_dir, capsys):
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--level", "study", "--category", "suspicious"]) == 0
+        output = capsys.readouterr().out
+        assert "suspicious" in output
+        assert main(["results", "--category", "not_suspicious", "--format", "csv"]) == 0
+        assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
+
+    def test_study_date_filter(self, data_dir, capsys):
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--date-from", "2026-12-01", "--format", "csv"]) == 0
+        assert "No results match." in capsys.readouterr().err
+
+    def test_invalid_date_is_rejected(self, data_dir, capsys):
+        with pytest.raises(SystemExit):
+            main(["results", "--date-from", "yesterday"])
+        assert "expected a date as YYYY-MM-DD, got 'yesterday'" in capsys.readouterr().err
