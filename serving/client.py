@@ -1,6 +1,6 @@
 """gRPC client of TF Serving (or the local model server) that scores canonical images.
 
-One `ServingClient` holds one channel with the message limits from settings. Every call has
+One `ServingClient` opens one channel with the message limits from settings. Every call has
 a deadline of ``serving_timeout_seconds``. Calls that fail with UNAVAILABLE or
 DEADLINE_EXCEEDED are retried ``serving_retries`` times, after ``serving_retry_backoff_seconds``
 and then twice as long on each retry. Other failures are not retried.
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
-#: Floor of the channel's reconnect backoff; gRPC needs a positive value.
+#: Floor of the channel's reconnect backoff, because gRPC needs a positive value.
 MIN_RECONNECT_BACKOFF_MS = 100
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
@@ -77,8 +77,9 @@ class ServingClient:
         self._max_message_bytes = settings.serving_max_message_bytes
 
         # Reconnect at least as often as calls are retried. Otherwise a call made while the
-        # channel waits out its own reconnect backoff (1 s, growing to 120 s, in gRPC's
-        # defaults) fails at once with UNAVAILABLE and uses up a retry.
+        # channel waits out its own reconnect backoff fails at once with UNAVAILABLE and uses
+        # up a retry. gRPC's default backoff starts at 1 s and grows to 120 s
+        # (doc/connection-backoff.md in the grpc/grpc repository).
         reconnect_ms = max(
             MIN_RECONNECT_BACKOFF_MS, int(settings.serving_retry_backoff_seconds * 1000)
         )
@@ -144,7 +145,7 @@ class ServingClient:
         }
         if AVAILABLE not in {status.state for status in response.model_version_status}:
             raise ModelContractError(
-                f"model {name!r} has no AVAILABLE version; version states: {states}"
+                f"model {name!r} has no AVAILABLE version, version states: {states}"
             )
 
     # --- Scoring -------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class ServingClient:
         if not self._served:
             self.check_models()
 
-        # Resize once per distinct input size; models of the same size share the array.
+        # Resize once per distinct input size, so models of the same size share one array.
         resized: dict[tuple[int, int], np.ndarray] = {}
         for name in self._model_names:
             size = (self._served[name].input_height, self._served[name].input_width)
@@ -199,7 +200,7 @@ class ServingClient:
         if per_request == 0:
             raise ConfigurationError(
                 f"one {model.input_height}x{model.input_width} image for model {model.name!r} "
-                f"does not fit in a gRPC message of {self._max_message_bytes} bytes; raise "
+                f"does not fit in a gRPC message of {self._max_message_bytes} bytes. Raise "
                 "serving_max_message_bytes"
             )
 
@@ -212,8 +213,9 @@ class ServingClient:
 
         if len(versions) > 1:
             raise ModelServingError(
-                f"model {model.name!r} answered one scoring call with versions {sorted(versions)}, "
-                "probably because a new version was loaded meanwhile; score the images again"
+                f"model {model.name!r} returned versions {sorted(versions)} within one scoring "
+                "call, probably because a new version was loaded meanwhile. Score the images "
+                "again"
             )
         result = np.concatenate(probabilities).astype(np.float64)
 
@@ -297,7 +299,7 @@ def _read_probabilities(
     if output.shape != (batch_size, 1):
         raise ModelServingError(
             f"model {name!r} returned {OUTPUT_NAME!r} of shape {list(output.shape)} for "
-            f"{batch_size} images; expected [{batch_size}, 1]"
+            f"{batch_size} images, expected [{batch_size}, 1]"
         )
     return output.reshape(batch_size)
 

@@ -36,7 +36,7 @@ from serving.servable_manager import ServableManager
 
 logger = logging.getLogger(__name__)
 
-#: Threads answering requests at once; TensorFlow runs each request on its own op threads.
+#: Maximum number of requests the server handles concurrently.
 DEFAULT_MAX_WORKERS = 8
 
 #: Seconds that `serve_forever` lets running requests finish after SIGTERM or SIGINT.
@@ -50,7 +50,7 @@ def split_host_port(address: str) -> tuple[str, int]:
     host, separator, port = address.rpartition(":")
     if not separator or not host or not port.isdigit():
         raise ConfigurationError(
-            f"serving address {address!r} is invalid; expected host:port such as 127.0.0.1:8500"
+            f"serving address {address!r} is invalid, expected host:port such as 127.0.0.1:8500"
         )
     return host, int(port)
 
@@ -67,7 +67,9 @@ def _handle(context: grpc.ServicerContext, method: str, run: Callable[[], Respon
         context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {error}")
 
 
-class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """PredictionService methods Predict and GetModelMetadata over the manager's servables."""
+
     def __init__(self, manager: ServableManager) -> None:
         self._manager = manager
 
@@ -87,7 +89,9 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
         return _handle(context, "GetModelMetadata", run)
 
 
-class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """ModelService method GetModelStatus over the manager's version states."""
+
     def __init__(self, manager: ServableManager) -> None:
         self._manager = manager
 
@@ -134,7 +138,7 @@ class LocalModelServer:
         self.bound_port: int | None = None
 
     def start(self) -> int:
-        """Load the served versions, start answering requests and return the bound port.
+        """Load the served versions, start handling requests and return the bound port.
 
         Every version the policies select is loaded before the port opens, so a client that
         connects after `start` returns finds the models AVAILABLE, unless a load failed.
@@ -156,10 +160,10 @@ class LocalModelServer:
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            _PredictionServicer(self._manager), server
+            PredictionServicer(self._manager), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            _ModelServicer(self._manager), server
+            ModelServicer(self._manager), server
         )
 
         address = f"{self._host}:{self._port}"
@@ -191,7 +195,7 @@ class LocalModelServer:
             logger.info("Local model server on %s:%s stopped", self._host, self.bound_port)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops or ``timeout`` seconds pass; True if it timed out."""
+        """Block until the server stops or ``timeout`` seconds pass. Return True on timeout."""
         if self._server is None:
             return False
         return self._server.wait_for_termination(timeout)

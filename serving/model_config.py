@@ -1,8 +1,8 @@
 """Read and validate the TF Serving model config file (ModelServerConfig in text format).
 
 The same file drives the TF Serving container (``--model_config_file``) and the local model
-server. Each ``base_path`` is a path inside the container, under the mount point
-``serving_base_path_prefix`` (``/models``); the local server maps it onto the model repository
+server. Each ``base_path`` is a path inside the container, below the mount point
+``serving_base_path_prefix`` (``/models``). The local server maps it onto the model repository
 on this machine, so ``/models/cnn`` becomes ``<model_repository>/cnn``.
 """
 
@@ -35,7 +35,10 @@ class ModelSource:
 
 
 def read_model_server_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
-    """Parse a ModelServerConfig text file; raise ConfigurationError naming the file on failure."""
+    """Parse a ModelServerConfig text file.
+
+    Raises ConfigurationError naming the file when it cannot be read or parsed.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
@@ -56,17 +59,21 @@ def validate_model_server_config(
 ) -> None:
     """Check that the config lists models the local server and the client can use.
 
-    Raises ConfigurationError when the config uses custom_model_config or lists no model, a
-    name is empty or repeated, a platform is not "tensorflow", a base_path is not a normalised
-    absolute path under ``base_path_prefix``, or a version label is not a positive version.
+    Raises ConfigurationError in each of these cases:
+
+    - the config uses custom_model_config or lists no model;
+    - a name is empty or repeated, or a platform is not "tensorflow";
+    - a base_path is not a normalised absolute path below ``base_path_prefix``;
+    - a version label points at a version number below 1.
     """
     if config.WhichOneof("config") != "model_config_list":
         raise ConfigurationError(
-            "model config must contain model_config_list; custom_model_config is not supported"
+            "model config must contain model_config_list, because custom_model_config is not "
+            "supported"
         )
     models = config.model_config_list.config
     if not models:
-        raise ConfigurationError("model config lists no model; add a config { ... } entry")
+        raise ConfigurationError("model config lists no model. Add a config { ... } entry per model")
 
     seen: set[str] = set()
     for model in models:
@@ -78,7 +85,7 @@ def validate_model_server_config(
 
         if model.model_platform != TENSORFLOW_PLATFORM:
             raise ConfigurationError(
-                f"model {model.name!r} has model_platform {model.model_platform!r}; "
+                f"model {model.name!r} has model_platform {model.model_platform!r}, "
                 f"expected {TENSORFLOW_PLATFORM!r}"
             )
         relative_base_path(model.name, model.base_path, base_path_prefix)
@@ -86,7 +93,7 @@ def validate_model_server_config(
             if version <= 0:
                 raise ConfigurationError(
                     f"version label {label!r} of model {model.name!r} points at version "
-                    f"{version}; expected a positive version number"
+                    f"{version}, expected a positive version number"
                 )
 
 
@@ -96,13 +103,13 @@ def relative_base_path(name: str, base_path: str, base_path_prefix: str) -> Pure
     prefix = PurePosixPath(base_path_prefix)
     if not path.is_absolute() or ".." in path.parts or str(path) != base_path.rstrip("/"):
         raise ConfigurationError(
-            f"model {name!r} has base_path {base_path!r}; expected a normalised absolute path "
+            f"model {name!r} has base_path {base_path!r}, expected a normalised absolute path "
             f"such as {str(prefix / name)!r}"
         )
     if not path.is_relative_to(prefix) or path == prefix:
         raise ConfigurationError(
             f"model {name!r} has base_path {base_path!r}, which is not below the mount point "
-            f"{base_path_prefix!r}; expected {str(prefix / name)!r}"
+            f"{base_path_prefix!r}. Expected {str(prefix / name)!r}"
         )
     return path.relative_to(prefix)
 

@@ -8,7 +8,7 @@ _STATUS_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class RpcStatusError(Exception):
-    """A request failed with a gRPC status code; the servicer aborts the call with it."""
+    """Failure of a request, with the gRPC status code the servicer aborts the call with."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)

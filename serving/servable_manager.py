@@ -79,7 +79,7 @@ def load_servable(name: str, version: int, version_dir: Path) -> Servable:
 
 
 class ServableManager:
-    """Serve the versions that each model's version policy selects from its folder.
+    """Registry of the loaded versions that each model's version policy selects.
 
     Thread-safe: request handlers call `resolve` and `version_statuses` while the polling
     thread loads and unloads versions.
@@ -102,7 +102,7 @@ class ServableManager:
 
     # --- Polling -------------------------------------------------------------------------
     def poll(self) -> None:
-        """Scan every model folder once: load new versions and unload dropped ones."""
+        """Scan every model folder once, load new versions and unload dropped ones."""
         with self._poll_lock:
             for source in self._sources.values():
                 self._poll_model(source)
@@ -126,7 +126,7 @@ class ServableManager:
             try:
                 self.poll()
             except Exception:
-                # Keep polling: the next pass may succeed once the file system recovers.
+                # Keep polling, because the next pass may succeed once the file system recovers.
                 logger.exception("Polling the model repository failed")
 
     def _poll_model(self, source: ModelSource) -> None:
@@ -177,9 +177,10 @@ class ServableManager:
             loaded = self._loaded[name]
             dropped = sorted(set(loaded) - aspired)
             if dropped and not aspired & set(loaded):
-                # Like TF Serving's availability-preserving policy: keep the old version until
-                # a new one is loaded. NOTE: TF Serving unloads it once the new version's load
-                # has failed for good; this server keeps serving the old one instead.
+                # Keep the old version until a selected version is loaded, so a failed load
+                # leaves the model served. NOTE: TF Serving's availability-preserving policy
+                # also loads before it unloads, but whether it keeps the old version after the
+                # new one fails to load is not verified here.
                 if (name, tuple(dropped)) not in self._warned_kept:
                     logger.warning(
                         "Model %s keeps serving version(s) %s because no selected version %s "

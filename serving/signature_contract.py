@@ -52,7 +52,7 @@ def served_model_from_metadata(
     signature = signature_def_map.signature_def.get(SIGNATURE_NAME)
     if signature is None:
         raise ModelContractError(
-            f"model {name!r} has no signature {SIGNATURE_NAME!r}; it has "
+            f"model {name!r} has no signature {SIGNATURE_NAME!r}, only "
             f"{sorted(signature_def_map.signature_def)}"
         )
     height, width = _check_input(name, signature)
@@ -63,7 +63,7 @@ def served_model_from_metadata(
 def _check_input(name: str, signature: meta_graph_pb2.SignatureDef) -> tuple[int, int]:
     if list(signature.inputs) != [INPUT_NAME]:
         raise ModelContractError(
-            f"model {name!r}: signature {SIGNATURE_NAME!r} has inputs {sorted(signature.inputs)}; "
+            f"model {name!r}: signature {SIGNATURE_NAME!r} has inputs {sorted(signature.inputs)}, "
             f"expected exactly [{INPUT_NAME!r}]"
         )
     info = signature.inputs[INPUT_NAME]
@@ -73,12 +73,12 @@ def _check_input(name: str, signature: meta_graph_pb2.SignatureDef) -> tuple[int
     expected = f"[batch, height, width, {INPUT_CHANNELS}] with fixed height and width"
     if dims is None or len(dims) != 4:
         raise ModelContractError(
-            f"model {name!r}: input {INPUT_NAME!r} has shape {_describe(dims)}; expected {expected}"
+            f"model {name!r}: input {INPUT_NAME!r} has shape {_describe(dims)}, expected {expected}"
         )
     _batch, height, width, channels = dims
     if channels != INPUT_CHANNELS or height <= 0 or width <= 0:
         raise ModelContractError(
-            f"model {name!r}: input {INPUT_NAME!r} has shape {_describe(dims)}; expected {expected}"
+            f"model {name!r}: input {INPUT_NAME!r} has shape {_describe(dims)}, expected {expected}"
         )
     return height, width
 
@@ -87,7 +87,7 @@ def _check_output(name: str, signature: meta_graph_pb2.SignatureDef) -> None:
     if OUTPUT_NAME not in signature.outputs:
         raise ModelContractError(
             f"model {name!r}: signature {SIGNATURE_NAME!r} has outputs "
-            f"{sorted(signature.outputs)}; expected {OUTPUT_NAME!r}"
+            f"{sorted(signature.outputs)}, expected {OUTPUT_NAME!r}"
         )
     info = signature.outputs[OUTPUT_NAME]
     _check_dtype(name, OUTPUT_NAME, info, types_pb2.DT_FLOAT)
@@ -95,7 +95,7 @@ def _check_output(name: str, signature: meta_graph_pb2.SignatureDef) -> None:
     dims = _dims(info.tensor_shape)
     if dims is not None and (len(dims) != 2 or dims[1] not in (1, -1)):
         raise ModelContractError(
-            f"model {name!r}: output {OUTPUT_NAME!r} has shape {_describe(dims)}; "
+            f"model {name!r}: output {OUTPUT_NAME!r} has shape {_describe(dims)}, "
             "expected [batch, 1]"
         )
 
@@ -105,7 +105,7 @@ def _check_dtype(
 ) -> None:
     if info.dtype != expected:
         raise ModelContractError(
-            f"model {name!r}: tensor {tensor!r} has dtype {types_pb2.DataType.Name(info.dtype)}; "
+            f"model {name!r}: tensor {tensor!r} has dtype {types_pb2.DataType.Name(info.dtype)}, "
             f"expected {types_pb2.DataType.Name(expected)}"
         )
 

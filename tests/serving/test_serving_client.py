@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tiny_models import (
     CANONICAL_SIZE,
     MODEL_SIZES,
@@ -22,9 +22,8 @@ from tiny_models import (
 
 from mammo.errors import ConfigurationError, ModelContractError, ModelServingError
 from serving.client import ServingClient
-from serving.local_server import LocalModelServer
+from serving.local_server import LocalModelServer, ModelServicer, PredictionServicer
 from serving.model_config import load_model_sources
-from serving.prediction import predict
 from serving.servable_manager import ServableManager
 
 #: The smallest message limit Settings accepts (4 MiB).
@@ -62,7 +61,7 @@ class TestCheckModels:
     @pytest.mark.parametrize(
         ("model_options", "message"),
         [
-            ({"input_dtype": "float32"}, "tensor 'image' has dtype DT_FLOAT; expected DT_UINT8"),
+            ({"input_dtype": "float32"}, "tensor 'image' has dtype DT_FLOAT, expected DT_UINT8"),
             ({"channels": 3}, r"input 'image' has shape \[-1, 32, 32, 3\]"),
             ({"output_name": "probability"}, "expected 'malignancy_probability'"),
         ],
@@ -199,24 +198,25 @@ class TestScore:
                 client.score(images)
 
 
-class _VersionSwitchingServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+class _VersionSwitchingServicer(PredictionServicer):
     """Prediction service that reports version 1, then 2, as if a new version loaded mid-call."""
 
     def __init__(self, manager: ServableManager) -> None:
-        self._manager = manager
-        self._calls = 0
+        super().__init__(manager)
+        self._predict_calls = 0
         self._lock = threading.Lock()
 
     def Predict(self, request, context):
-        response = predict(self._manager.resolve(request.model_spec), request)
+        response = super().Predict(request, context)
         with self._lock:
-            self._calls += 1
-            response.model_spec.version.value = 1 if self._calls == 1 else 2
+            self._predict_calls += 1
+            response.model_spec.version.value = 1 if self._predict_calls == 1 else 2
         return response
 
 
 class TestScoreVersionMixing:
     def test_mixed_versions_raise(self, tmp_path: Path) -> None:
+        # 40 images of 512x512 need three requests under a 4 MiB limit.
         repository = single_model_repository(tmp_path, "cnn", 512)
         settings = make_settings(
             repository, model_names=("cnn",), serving_max_message_bytes=SMALL_MESSAGE_BYTES
@@ -229,24 +229,13 @@ class TestScoreVersionMixing:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             _VersionSwitchingServicer(manager), server
         )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         try:
             client_settings = settings.model_copy(update={"serving_address": f"127.0.0.1:{port}"})
             with ServingClient(client_settings) as client:
-                # check_models needs ModelService, which this server lacks, so fill its cache
-                # from a real server first.
-                real_server = LocalModelServer(settings, port=0)
-                real_port = real_server.start()
-                try:
-                    with ServingClient(
-                        settings.model_copy(update={"serving_address": f"127.0.0.1:{real_port}"})
-                    ) as checker:
-                        client._served = checker.check_models()
-                finally:
-                    real_server.stop(0)
-
-                with pytest.raises(ModelServingError, match=r"versions \[1, 2\]"):
+                with pytest.raises(ModelServingError, match=r"returned versions \[1, 2\]"):
                     client.score(constant_images([1] * 40, size=512))
         finally:
             server.stop(0)

@@ -30,11 +30,10 @@ def save_mean_model(
     output_name: str = "malignancy_probability",
     divisor: float = 255.0,
 ) -> None:
-    """Save a SavedModel whose output is mean(image) / divisor, shape [batch, 1].
+    """Save a SavedModel whose output is mean(image) / divisor with shape [batch, 1].
 
-    The output is mean(image) / divisor computed in float64 and rounded once to float32.
-
-    The keyword arguments break the contract on purpose; ``divisor=0`` gives non-finite output.
+    The division runs in float64 and the result is rounded once to float32. Changing a keyword
+    argument from its default breaks the contract, and ``divisor=0`` gives non-finite output.
     """
 
     class MeanModel(tf.Module):
