@@ -1,6 +1,7 @@
 """The `mammo` command line: one entry point for the common operations.
 
     mammo db init                      create or upgrade the results database
+    mammo db grant-reporting ROLE      let ROLE read the reporting views and nothing else
     mammo models bootstrap             publish version 1 of every model that has none
     mammo models list                  list the versions in the model repository
     mammo models wait                  wait until the model server serves every model
@@ -49,6 +50,29 @@ def cmd_db_init(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(url)
     print(text("cli.db_ready", settings.language, url=describe_url(url),
                revision=current_revision(url)))
+    return 0
+
+
+def cmd_db_grant_reporting(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from db.engine import make_engine
+    from db.roles import grant_reporting
+
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if not password:
+            raise MammoError(f"environment variable {args.password_env} is empty or not "
+                             "set; export the reporting role's password in it")
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        grant_reporting(engine, args.role, password=password)
+    except (ValueError, NotImplementedError) as error:
+        raise MammoError(str(error)) from error
+    finally:
+        engine.dispose()
+    print(text("cli.reporting_granted", settings.language, role=args.role))
     return 0
 
 
@@ -288,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True)
     db.add_parser("init", help="create or upgrade the schema").set_defaults(
         handler=cmd_db_init)
+    grant = db.add_parser("grant-reporting", help="create or update a PostgreSQL role that "
+                          "may only read the reporting views")
+    grant.add_argument("role", help="role name (lower-case letters, digits, underscores)")
+    grant.add_argument("--password-env", metavar="VARIABLE",
+                       help="environment variable holding the role's password; without it "
+                       "the role has no password set by this command")
+    grant.set_defaults(handler=cmd_db_grant_reporting)
 
     models = commands.add_parser("models", help="model repository").add_subparsers(
         dest="models_command", required=True)

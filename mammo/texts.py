@@ -45,6 +45,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Database ready at {url} (schema revision {revision}).",
         "tr": "Veritabanı hazır: {url} (şema sürümü {revision}).",
     },
+    "cli.reporting_granted": {
+        "en": "Role {role} may now read the reporting views and nothing else.",
+        "tr": "{role} rolü artık yalnızca raporlama görünümlerini okuyabilir.",
+    },
     "cli.models_bootstrapped": {
         "en": "Published {count} model versions; models that already had a version were "
               "left unchanged.",

@@ -83,3 +83,33 @@ class TestResults:
         with pytest.raises(SystemExit):
             main(["results", "--date-from", "yesterday"])
         assert "expected a date as YYYY-MM-DD, got 'yesterday'" in capsys.readouterr().err
+
+
+class TestGrantReporting:
+    def test_grants_on_postgres(self, fresh_postgres_url, monkeypatch, capsys):
+        import uuid
+
+        from sqlalchemy import create_engine, text
+
+        monkeypatch.setenv("MAMMO_DATABASE_URL", fresh_postgres_url)
+        monkeypatch.setenv("REPORTER_PASSWORD", "pw")
+        role = f"reporter_{uuid.uuid4().hex[:8]}"
+        assert main(["db", "init"]) == 0
+        try:
+            assert main(["db", "grant-reporting", role, "--password-env",
+                         "REPORTER_PASSWORD"]) == 0
+            assert f"Role {role} may now read" in capsys.readouterr().out
+        finally:
+            admin = create_engine(fresh_postgres_url)
+            with admin.begin() as connection:
+                connection.execute(text(f"DROP OWNED BY {role}"))
+                connection.execute(text(f"DROP ROLE {role}"))
+            admin.dispose()
+
+    def test_missing_password_variable_fails(self, data_dir, capsys):
+        assert main(["db", "grant-reporting", "reporter", "--password-env", "NOPE_UNSET"]) == 1
+        assert "NOPE_UNSET is empty or not set" in capsys.readouterr().err
+
+    def test_sqlite_fails_with_clear_error(self, data_dir, capsys):
+        assert main(["db", "grant-reporting", "reporter"]) == 1
+        assert "database roles need PostgreSQL" in capsys.readouterr().err
