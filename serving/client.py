@@ -125,7 +125,9 @@ class ServingClient:
             )
             request.model_spec.name = name
             request.model_spec.signature_name = SIGNATURE_NAME
-            response = self._call(name, "GetModelMetadata", self._prediction.GetModelMetadata, request)
+            response = self._call(
+                name, "GetModelMetadata", self._prediction.GetModelMetadata, request
+            )
             served[name] = served_model_from_metadata(name, response)
             logger.info(
                 "Model %s version %d meets the serving contract, input %dx%d",

@@ -170,7 +170,9 @@ class LocalModelServer:
         try:
             bound_port = server.add_insecure_port(address)
         except RuntimeError as error:
-            raise ConfigurationError(f"cannot bind the model server to {address}: {error}") from error
+            raise ConfigurationError(
+                f"cannot bind the model server to {address}: {error}"
+            ) from error
         if bound_port == 0:
             raise ConfigurationError(f"cannot bind the model server to {address}")
 
@@ -212,7 +214,8 @@ def serve_forever(settings: Settings, grace_seconds: float = DEFAULT_GRACE_SECON
     stop_requested = threading.Event()
 
     def request_stop(signal_number: int, _frame: object) -> None:
-        logger.info("Received %s, stopping the local model server", signal.Signals(signal_number).name)
+        signal_name = signal.Signals(signal_number).name
+        logger.info("Received %s, stopping the local model server", signal_name)
         stop_requested.set()
 
     previous_handlers = {

@@ -20,7 +20,9 @@ from mammo.errors import ConfigurationError
 #: The only model_platform the local server can load (SavedModels through TensorFlow).
 TENSORFLOW_PLATFORM = "tensorflow"
 
-VersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
+VersionPolicy = (
+    file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,9 @@ def validate_model_server_config(
         )
     models = config.model_config_list.config
     if not models:
-        raise ConfigurationError("model config lists no model. Add a config { ... } entry per model")
+        raise ConfigurationError(
+            "model config lists no model. Add a config { ... } entry per model"
+        )
 
     seen: set[str] = set()
     for model in models:

@@ -64,7 +64,8 @@ def get_model_metadata(
     for metadata_field in request.metadata_field:
         if metadata_field != SIGNATURE_DEF_FIELD:
             raise RpcStatusError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {metadata_field} is not supported"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Metadata field {metadata_field} is not supported",
             )
 
     signature_def_map = get_model_metadata_pb2.SignatureDefMap()
@@ -106,7 +107,9 @@ def _convert_inputs(
     return arrays
 
 
-def _check_dtype(alias: str, info: meta_graph_pb2.TensorInfo, tensor: tensor_pb2.TensorProto) -> None:
+def _check_dtype(
+    alias: str, info: meta_graph_pb2.TensorInfo, tensor: tensor_pb2.TensorProto
+) -> None:
     if tensor.dtype != info.dtype:
         expected = tf.dtypes.as_dtype(info.dtype).name
         sent = tf.dtypes.as_dtype(tensor.dtype).name if tensor.dtype else "DT_INVALID"

@@ -19,10 +19,10 @@ REQUEST_OVERHEAD_BYTES = 4096
 def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize ``[N, H, W]`` uint8 images to ``[N, height, width, 1]``.
 
-    Shrinking uses area interpolation (cv2.INTER_AREA), which averages the source pixels and
-    which OpenCV's InterpolationFlags documentation recommends for decimation because it gives moiré-free
-    results. Enlarging uses bilinear interpolation (cv2.INTER_LINEAR). Images already at
-    the size are not copied.
+    Shrinking uses area interpolation (cv2.INTER_AREA), which averages the source pixels.
+    OpenCV's InterpolationFlags documentation recommends it for decimation because it gives
+    moiré-free results. Enlarging uses bilinear interpolation (cv2.INTER_LINEAR). Images
+    already at the size are not copied.
     """
     count, source_height, source_width = images.shape
     if (source_height, source_width) == (height, width):

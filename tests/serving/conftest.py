@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_models import MODEL_SIZES, make_settings, publish_version
 
 from mammo.settings import Settings
 from serving.local_server import LocalModelServer
+from tests.serving.tiny_models import MODEL_SIZES, make_settings, publish_version
 
 
 @pytest.fixture(scope="session")

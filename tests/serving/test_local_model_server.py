@@ -23,9 +23,14 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tiny_models import MODEL_SIZES, expected_probability, make_settings, publish_version
 
 from serving.local_server import LocalModelServer, split_host_port
+from tests.serving.tiny_models import (
+    MODEL_SIZES,
+    expected_probability,
+    make_settings,
+    publish_version,
+)
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -201,7 +206,9 @@ class TestGetModelStatus:
 
 
 class TestVersionPolling:
-    def test_new_version_replaces_old(self, server, model_repository: Path, prediction, model_service) -> None:
+    def test_new_version_replaces_old(
+        self, server, model_repository: Path, prediction, model_service
+    ) -> None:
         model_dir = model_repository / "cnn"
         (model_dir / "3").mkdir()  # an unfinished folder that must not be loaded
         publish_version(model_dir, 2, MODEL_SIZES["cnn"])
@@ -214,7 +221,9 @@ class TestVersionPolling:
         response = prediction.Predict(predict_request("cnn", constant_images([7], 32)), timeout=10)
         assert response.model_spec.version.value == 2
 
-    def test_version_that_fails_to_load_is_reported(self, server, model_repository: Path, model_service) -> None:
+    def test_failed_load_is_reported(
+        self, server, model_repository: Path, model_service
+    ) -> None:
         broken = model_repository / "resnet50" / "2"
         broken.mkdir()
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -238,7 +247,8 @@ class TestVersionPolicies:
             'model_platform: "tensorflow" model_version_policy { all { } } '
             'version_labels { key: "stable" value: 1 } } }'
         )
-        local_server = LocalModelServer(make_settings(model_repository, model_config_file=config), port=0)
+        settings = make_settings(model_repository, model_config_file=config)
+        local_server = LocalModelServer(settings, port=0)
         port = local_server.start()
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -297,7 +307,9 @@ class TestServeForever:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = model_service_pb2_grpc.ModelServiceStub(channel)
-                response = stub.GetModelStatus(status_request("cnn"), timeout=60, wait_for_ready=True)
+                response = stub.GetModelStatus(
+                    status_request("cnn"), timeout=60, wait_for_ready=True
+                )
             process.send_signal(signal.SIGTERM)
             _, log = process.communicate(timeout=30)
         finally:

@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 
 from mammo.errors import ConfigurationError
-from serving.model_config import load_model_sources, read_model_server_config, validate_model_server_config
+from serving.model_config import (
+    load_model_sources,
+    read_model_server_config,
+    validate_model_server_config,
+)
+from tests.serving.tiny_models import REPOSITORY_CONFIG
 
-from tiny_models import REPOSITORY_CONFIG
 
 
 def write_config(tmp_path: Path, body: str) -> Path:

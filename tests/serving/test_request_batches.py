@@ -74,7 +74,9 @@ class TestMaxImagesPerRequest:
 
 
 class TestSplitBatch:
-    @pytest.mark.parametrize(("count", "size", "lengths"), [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (2, 5, [2])])
+    @pytest.mark.parametrize(
+        ("count", "size", "lengths"), [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (2, 5, [2])]
+    )
     def test_keeps_order(self, count: int, size: int, lengths: list[int]) -> None:
         images = np.arange(count)
 

@@ -12,19 +12,19 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-from tiny_models import (
-    CANONICAL_SIZE,
-    MODEL_SIZES,
-    expected_probability,
-    make_settings,
-    publish_version,
-)
 
 from mammo.errors import ConfigurationError, ModelContractError, ModelServingError
 from serving.client import ServingClient
 from serving.local_server import LocalModelServer, ModelServicer, PredictionServicer
 from serving.model_config import load_model_sources
 from serving.servable_manager import ServableManager
+from tests.serving.tiny_models import (
+    CANONICAL_SIZE,
+    MODEL_SIZES,
+    expected_probability,
+    make_settings,
+    publish_version,
+)
 
 #: The smallest message limit Settings accepts (4 MiB).
 SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -106,7 +106,8 @@ class TestScore:
             assert model_scores.probabilities.tolist() == expected
 
     def test_resizes_with_area_interpolation(self, client_settings) -> None:
-        images = np.random.default_rng(7).integers(0, 256, (3, CANONICAL_SIZE, CANONICAL_SIZE), np.uint8)
+        shape = (3, CANONICAL_SIZE, CANONICAL_SIZE)
+        images = np.random.default_rng(7).integers(0, 256, shape, np.uint8)
         # Halving with area interpolation averages 2x2 blocks, which keeps the mean pixel
         # value up to the rounding of each block's average.
         expected = images.astype(np.float64).mean(axis=(1, 2)) / 255
@@ -178,7 +179,8 @@ class TestScore:
         try:
             client_settings = settings.model_copy(update={"serving_address": f"127.0.0.1:{port}"})
             with ServingClient(client_settings) as client:
-                with pytest.raises(ModelServingError, match="model 'cnn' version 1 returned non-finite"):
+                message = "model 'cnn' version 1 returned non-finite"
+                with pytest.raises(ModelServingError, match=message):
                     client.score(constant_images([0, 9]))
         finally:
             server.stop(0)
