@@ -92,16 +92,20 @@ def cmd_models_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     from db.writes import record_model_versions
     from models.bootstrap import bootstrap_models
 
+    from models.repository import ModelRepository
+
     settings.ensure_folders()
     published = bootstrap_models(settings, input_sizes=_parse_sizes(args.input_size) or None)
+    # Record every version in the repository, not only the new ones, so versions published
+    # by another host or before the database existed are known to reports as well.
+    everything = ModelRepository(settings.model_repository).list_all()
     with _session_factory(settings).begin() as session:
-        record_model_versions(session, [_version_row(meta) for meta in published])
+        record_model_versions(session, [_version_row(meta) for meta in everything])
     print(text("cli.models_bootstrapped", settings.language, count=len(published)))
     for meta in published:
-        if meta.get("warning"):
+        if meta.get("weights_warning"):
             print(text("cli.random_weights_warning", settings.language,
-                       model=meta["model_name"], version=meta["version"],
-                       reason=meta["warning"]))
+                       model=meta["model_name"], version=meta["version"]))
     return 0
 
 
@@ -111,7 +115,7 @@ def _version_row(meta: dict) -> dict:
         "version": int(meta["version"]),
         "input_size": int(meta["input_size"]),
         "weights_source": meta.get("weights_source", "unknown"),
-        "warning": meta.get("warning"),
+        "warning": meta.get("weights_warning"),
         "threshold": meta.get("threshold"),
         "metrics": meta.get("metrics"),
         "status": "published",
@@ -236,9 +240,9 @@ def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
         _print_table(frame, settings, level="quarantine" if args.quarantine else args.level)
-    for name, version, warning in warnings:
+    for name, version, _warning in warnings:
         print(text("cli.random_weights_warning", settings.language, model=name,
-                   version=version, reason=warning), file=sys.stderr)
+                   version=version), file=sys.stderr)
     return 0
 
 
@@ -376,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Prefect's API client logs every HTTP request at INFO; keep the console readable.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = Settings()
     except ValueError as error:

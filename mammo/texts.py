@@ -55,10 +55,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "tr": "{count} model sürümü yayımlandı; zaten sürümü olan modellere dokunulmadı.",
     },
     "cli.random_weights_warning": {
-        "en": "WARNING: {model} version {version} has randomly initialised backbone weights "
-              "({reason}). Its scores are not clinically meaningful.",
-        "tr": "UYARI: {model} sürüm {version} rastgele başlatılmış omurga ağırlıkları "
-              "içeriyor ({reason}). Skorları klinik açıdan anlamlı değildir.",
+        "en": "WARNING: {model} version {version} was built with random backbone weights "
+              "instead of ImageNet ones; its scores are not clinically meaningful.",
+        "tr": "UYARI: {model} sürüm {version}, ImageNet yerine rastgele omurga "
+              "ağırlıklarıyla oluşturuldu; skorları klinik açıdan anlamlı değildir.",
     },
     "cli.samples_copied": {
         "en": "Copied {count} CBIS-DDSM sample mammograms into {folder}.",
