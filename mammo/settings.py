@@ -253,3 +253,5 @@ class Settings(BaseSettings):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # Send the project's module loggers to the Prefect run logs too.
         os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,db,serving,models")
+        # Those loggers also run outside flows (CLI commands, the model server).
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

@@ -23,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,db,serving,models")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 ADMIN_URL = os.environ.get("MAMMO_TEST_POSTGRES_URL",
                            "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
