@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The four classifiers, in the order used for columns and reports.
@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     )
 
     # --- Database ------------------------------------------------------------------------
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         None,
         description="SQLAlchemy URL of the results database; default SQLite file "
-        "<data_dir>/mammo.db. Example: postgresql+psycopg2://user@host:5432/mammo",
+        "<data_dir>/mammo.db. Example: postgresql+psycopg2://user@host:5432/mammo. "
+        "Kept secret because it may hold a password: repr() and logs show '**********'.",
     )
     database_secret_block: str | None = Field(
         None,
@@ -100,6 +101,28 @@ class Settings(BaseSettings):
     )
     serving_poll_seconds: float = Field(
         2.0, gt=0, description="How often the local model server looks for new versions."
+    )
+    serving_load_retries: int = Field(
+        5, ge=0, le=100, description="Polls on which the local model server tries a failed "
+        "version load again, like TF Serving's --max_num_load_retries."
+    )
+    serving_tls_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that sign the model server's "
+        "certificate. Setting it makes the client use TLS.",
+    )
+    serving_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate for servers that require mutual TLS; needs "
+        "serving_tls_key_file and serving_tls_ca_file.",
+    )
+    serving_tls_key_file: Path | None = Field(
+        None, description="PEM private key of serving_tls_cert_file."
+    )
+    serving_tls_server_name: str | None = Field(
+        None,
+        description="Host name expected in the server's certificate when it differs from the "
+        "host of serving_address (gRPC option grpc.ssl_target_name_override).",
     )
     model_names: tuple[str, ...] = Field(
         MODEL_NAMES, min_length=1, description="Models scored for every instance."
@@ -161,7 +184,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator("data_dir", "incoming_dir", "model_repository", "weights_dir",
-                     "model_config_file")
+                     "model_config_file", "serving_tls_ca_file", "serving_tls_cert_file",
+                     "serving_tls_key_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -191,7 +215,22 @@ class Settings(BaseSettings):
             )
         if any(weight < 0 for weight in self.ensemble_weights.values()):
             raise ValueError(f"ensemble weights must not be negative, got {self.ensemble_weights}")
+        self._check_serving_tls()
         return self
+
+    def _check_serving_tls(self) -> None:
+        has_cert = self.serving_tls_cert_file is not None
+        has_key = self.serving_tls_key_file is not None
+        if has_cert != has_key:
+            raise ValueError(
+                "serving_tls_cert_file and serving_tls_key_file must be set together for mutual "
+                f"TLS, got cert {self.serving_tls_cert_file} and key {self.serving_tls_key_file}"
+            )
+        if has_cert and self.serving_tls_ca_file is None:
+            raise ValueError(
+                "serving_tls_cert_file needs serving_tls_ca_file, the CA of the server's "
+                "certificate"
+            )
 
     # --- Derived paths -------------------------------------------------------------------
     @property
@@ -226,8 +265,8 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         """Return the database URL, reading the Prefect Secret block if one is named."""
-        if self.database_url:
-            return self.database_url
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
         if self.database_secret_block:
             from prefect.blocks.system import Secret
 
