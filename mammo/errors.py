@@ -14,8 +14,10 @@ class ReasonCode(StrEnum):
     """Why an input was quarantined instead of scored; stored in the quarantine log."""
 
     INCOMPLETE = "incomplete"
+    NOT_REGULAR_FILE = "not_regular_file"
     NOT_DICOM = "not_dicom"
     CORRUPT_PIXEL_DATA = "corrupt_pixel_data"
+    BLANK_IMAGE = "blank_image"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     FOR_PROCESSING = "for_processing"
     NOT_MAMMOGRAM = "not_mammogram"
