@@ -15,58 +15,9 @@ import pytest
 from sqlalchemy import func, select
 
 from db.engine import make_engine, make_session_factory
-from db.migrate import upgrade
-from db.queries import instance_results
+from db.queries import instance_results, report_rows
 from db.schema import DuplicateRecord, Instance, QuarantineRecord, SecondOpinion
-from mammo.settings import MODEL_NAMES, Settings
-
-TEST_INPUT_SIZE = 64
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="session")
-def model_repository(tmp_path_factory) -> Path:
-    """All four models at a small input size, published as version 1."""
-    from models.bootstrap import bootstrap_models
-
-    root = tmp_path_factory.mktemp("models")
-    settings = Settings(data_dir=tmp_path_factory.mktemp("bootstrap"), model_repository=root,
-                        imagenet_weights="none")
-    bootstrap_models(settings, input_sizes={name: TEST_INPUT_SIZE for name in MODEL_NAMES})
-    return root
-
-
-@pytest.fixture
-def flow_settings(tmp_path, monkeypatch, model_repository, fresh_postgres_url) -> Settings:
-    """Settings of the flow under test, exported as MAMMO_* variables like a deployment's."""
-    from serving.local_server import LocalModelServer
-
-    environment = {
-        "MAMMO_DATA_DIR": str(tmp_path / "data"),
-        "MAMMO_MODEL_REPOSITORY": str(model_repository),
-        "MAMMO_DATABASE_URL": fresh_postgres_url,
-        "MAMMO_STABILITY_SECONDS": "0",
-        "MAMMO_BATCH_SIZE": "3",
-        "MAMMO_SERVING_ADDRESS": "127.0.0.1:0",
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
-    server = LocalModelServer(Settings(), port=0)
-    port = server.start()
-    monkeypatch.setenv("MAMMO_SERVING_ADDRESS", f"127.0.0.1:{port}")
-    settings = Settings()
-    settings.ensure_folders()
-    upgrade(settings.resolved_database_url())
-    yield settings
-    server.stop(grace=1)
+from mammo.settings import MODEL_NAMES
 
 
 def _drop_files(files: list[Path], incoming: Path, prefix: str = "") -> None:
@@ -76,6 +27,7 @@ def _drop_files(files: list[Path], incoming: Path, prefix: str = "") -> None:
 
 def _count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
+
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -112,6 +64,18 @@ class TestProcessIncoming:
             assert row["flow_run_id"] == first["flow_run_id"]
             assert row["model_versions"] == ",".join(f"{n}:1" for n in MODEL_NAMES)
         assert sorted(frame["laterality"]) == ["L"] * 4 + ["R"] * 4
+
+        # Every CBIS-DDSM image carries its own StudyInstanceUID and PatientID, so each one is
+        # a study of its own with a single breast and a single (unknown) view.
+        with factory() as session:
+            breasts = report_rows(session, "breast")
+            studies = report_rows(session, "study")
+        assert len(breasts) == 8
+        assert set(breasts["views_present"]) == {"UNKNOWN"}
+        assert set(breasts["views_missing"]) == {"CC,MLO"}
+        assert len(studies) == 8
+        assert set(studies["breast_count"]) == {1}
+        assert sorted(studies["probability"]) == sorted(frame["probability"])
 
         [record] = quarantine
         assert record.reason_code == "not_dicom"

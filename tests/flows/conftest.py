@@ -1,0 +1,65 @@
+"""Fixtures of the flow tests: small real models, a local model server, Prefect's test API.
+
+The models are the four real architectures built at a small input size with random backbone
+weights, so the tests stay fast; their scores are meaningless, but every part of the path is
+the production one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from db.migrate import upgrade
+from mammo.settings import MODEL_NAMES, Settings
+
+TEST_INPUT_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    """All four models at a small input size, published as version 1."""
+    from models.bootstrap import bootstrap_models
+
+    root = tmp_path_factory.mktemp("models")
+    settings = Settings(data_dir=tmp_path_factory.mktemp("bootstrap"), model_repository=root,
+                        imagenet_weights="none")
+    bootstrap_models(settings, input_sizes={name: TEST_INPUT_SIZE for name in MODEL_NAMES})
+    return root
+
+
+@pytest.fixture
+def flow_settings(tmp_path, monkeypatch, model_repository, fresh_postgres_url) -> Settings:
+    """Settings of the flow under test, exported as MAMMO_* variables like a deployment's."""
+    from serving.local_server import LocalModelServer
+
+    environment = {
+        "MAMMO_DATA_DIR": str(tmp_path / "data"),
+        "MAMMO_MODEL_REPOSITORY": str(model_repository),
+        "MAMMO_DATABASE_URL": fresh_postgres_url,
+        "MAMMO_STABILITY_SECONDS": "0",
+        "MAMMO_BATCH_SIZE": "3",
+        "MAMMO_SERVING_ADDRESS": "127.0.0.1:0",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    server = LocalModelServer(Settings(), port=0)
+    port = server.start()
+    monkeypatch.setenv("MAMMO_SERVING_ADDRESS", f"127.0.0.1:{port}")
+    settings = Settings()
+    settings.ensure_folders()
+    upgrade(settings.resolved_database_url())
+    yield settings
+    server.stop(grace=1)
+
+
