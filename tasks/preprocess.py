@@ -76,8 +76,9 @@ def preprocess(instance_or_dataset: DicomInstance | Dataset, size: int) -> np.nd
     Raises
     ------
     InputRejected
-        ``corrupt_pixel_data`` when decoding fails, the Pixel Data are truncated, values
-        lie outside the Bits Stored range, or the image has a single value throughout.
+        ``corrupt_pixel_data`` when decoding fails, the Pixel Data are truncated, or values
+        lie outside the Bits Stored range; ``blank_image`` when the image shows a single
+        value throughout after the VOI transformation.
     """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -355,11 +356,10 @@ def _check_stored_range(stored: np.ndarray, dataset: Dataset, source: str) -> No
 
 def _check_has_contrast(image: np.ndarray, source: str) -> None:
     if float(image.max()) <= float(image.min()):
-        # NOTE: an image with one value throughout has no reason code of its own yet.
         raise InputRejected(
-            ReasonCode.CORRUPT_PIXEL_DATA,
+            ReasonCode.BLANK_IMAGE,
             f"{source}: (7FE0,0010) PixelData has the same displayed value in every pixel; "
-            "there is no image to score.",
+            "there is no image to score. Check the modality's export settings.",
         )
 
 

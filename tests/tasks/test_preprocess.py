@@ -106,6 +106,22 @@ class TestPreprocess:
         for name, image in variants.items():
             assert np.array_equal(image, reference), name
 
+    def test_contradicting_shape_follows_interpretation(self, tmp_path):
+        # PS3.3 C.7.6.1 pairs MONOCHROME1 with INVERSE and MONOCHROME2 with IDENTITY. A file
+        # that breaks the pairing is decoded by its PhotometricInterpretation alone.
+        pixels = make_breast_pixels()
+        inverted = (MAX_STORED - pixels).astype(np.uint16)
+        reference = _canonical(tmp_path, "m2.dcm", pixels)
+        variants = {
+            "MONOCHROME2 INVERSE": _canonical(
+                tmp_path, "m2inv.dcm", pixels, PresentationLUTShape="INVERSE"),
+            "MONOCHROME1 IDENTITY": _canonical(
+                tmp_path, "m1id.dcm", inverted, PhotometricInterpretation="MONOCHROME1",
+                PresentationLUTShape="IDENTITY"),
+        }
+        for name, image in variants.items():
+            assert np.array_equal(image, reference), name
+
     def test_mirrored_image_matches(self, tmp_path):
         pixels = make_breast_pixels()
         reference = _canonical(tmp_path, "left.dcm", pixels)
@@ -126,7 +142,7 @@ class TestPreprocess:
         path = write_dataset(tmp_path / "blank.dcm", make_dataset(pixels))
         with pytest.raises(InputRejected) as caught:
             preprocess(read_instance(path), SIZE)
-        assert caught.value.reason == ReasonCode.CORRUPT_PIXEL_DATA
+        assert caught.value.reason == ReasonCode.BLANK_IMAGE
         assert caught.value.message.startswith("blank.dcm: (7FE0,0010) PixelData has the same")
 
     def test_size_zero_raises(self):
