@@ -16,6 +16,7 @@ from typing import Optional
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so migrations can refer to them on every backend.
@@ -200,7 +202,84 @@ class Label(Base):
     label: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(32))
     label_date: Mapped[Optional[dt.date]] = mapped_column(Date)
-    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    # The server default lets other systems insert labels without naming this column.
+    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now,
+                                                     server_default=func.now())
 
     def __repr__(self) -> str:
         return f"Label({self.id}, {self.label!r})"
+
+
+class RetrainingRun(Base):
+    """One run of the retrain_models flow, named by its Prefect flow run id.
+
+    ``status`` is running, completed, skipped (too few new labels) or failed. Labels imported
+    after the ``started_at`` of the last completed run that was not a dry run count as new.
+    """
+
+    __tablename__ = "retraining_runs"
+
+    flow_run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    parameters: Mapped[dict] = mapped_column(JSON)
+    new_labels: Mapped[int] = mapped_column(Integer, default=0)
+    labelled_instances: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[Optional[str]] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"RetrainingRun({self.flow_run_id!r}, status={self.status!r})"
+
+
+class ModelCandidate(Base):
+    """A model version trained by a retraining run, its held-out metrics and the decision.
+
+    ``decision`` is promoted (published as ``published_version``), rejected (worse than
+    ``base_version`` by more than the margin) or dry_run. ``metrics`` holds the candidate's
+    and the base version's metrics on the same held-out instances.
+    """
+
+    __tablename__ = "model_candidates"
+
+    flow_run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("retraining_runs.flow_run_id", ondelete="CASCADE"),
+        primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_version: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    published_version: Mapped[Optional[int]] = mapped_column(Integer)
+    threshold: Mapped[Optional[float]] = mapped_column(Float)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    roc_curve_path: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    def __repr__(self) -> str:
+        return (f"ModelCandidate({self.flow_run_id!r}, {self.model_name!r}, "
+                f"{self.decision!r})")
+
+
+class EnsembleConfiguration(Base):
+    """Ensemble weights and operating threshold chosen for one set of model versions.
+
+    ``model_versions`` has the format of `SecondOpinion.model_versions`. The process_incoming
+    flow uses the newest row whose versions equal the served ones, and the settings otherwise.
+    """
+
+    __tablename__ = "ensemble_configurations"
+
+    flow_run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("retraining_runs.flow_run_id", ondelete="CASCADE"),
+        primary_key=True)
+    model_versions: Mapped[str] = mapped_column(Text, index=True)
+    weights: Mapped[dict] = mapped_column(JSON)
+    threshold: Mapped[float] = mapped_column(Float)
+    target_sensitivity: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    def __repr__(self) -> str:
+        return f"EnsembleConfiguration({self.model_versions!r}, threshold={self.threshold})"

@@ -9,7 +9,8 @@ from db.migrate import current_revision, downgrade, upgrade
 from db.schema import Base
 
 TABLES = {"processing_runs", "instances", "model_scores", "second_opinions",
-          "duplicate_records", "quarantine_records", "model_versions", "labels"}
+          "duplicate_records", "quarantine_records", "model_versions", "labels",
+          "retraining_runs", "model_candidates", "ensemble_configurations"}
 
 
 class TestUpgrade:
@@ -40,10 +41,10 @@ class TestUpgrade:
         assert current_revision(database_url) is None
 
         upgrade(database_url)
-        assert current_revision(database_url) == "0002"
+        assert current_revision(database_url) == "0003"
 
     def test_upgrade_twice_is_harmless(self, database_url):
         upgrade(database_url)
         upgrade(database_url)
 
-        assert current_revision(database_url) == "0002"
+        assert current_revision(database_url) == "0003"
