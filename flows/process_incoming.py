@@ -35,6 +35,7 @@ from tasks.intake import ClaimedFile, WorkFolder, iter_candidate_files, wait_unt
 from tasks.prepare import PreparedBatch, prepare_batch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
+from tasks.score_checks import reject_invalid_scores
 
 
 @task(cache_policy=NO_CACHE)
@@ -87,12 +88,15 @@ def prepare(settings: Settings, files: list[ClaimedFile], image_size: int,
 
 @task(cache_policy=NO_CACHE)
 def score(client: ServingClient, batch: PreparedBatch) -> dict[str, ModelRun]:
+    """Score the batch with every model; images given a non-finite score move to the batch's
+    rejections."""
     if not batch.to_score:
         return {}
     scores = client.score(batch.image_array())
-    return {name: ModelRun(version=result.version,
-                           probabilities=[float(p) for p in result.probabilities])
-            for name, result in scores.items()}
+    model_runs = {name: ModelRun(version=result.version,
+                                 probabilities=[float(p) for p in result.probabilities])
+                  for name, result in scores.items()}
+    return reject_invalid_scores(batch, model_runs)
 
 
 @task(cache_policy=NO_CACHE)

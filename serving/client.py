@@ -8,14 +8,25 @@ and then twice as long on each retry. Other failures are not retried.
 `ServingClient.check_models` fails fast, naming the model, when a model is not AVAILABLE or its
 signature breaks the contract in `serving.signature_contract`. `ServingClient.score` calls the
 models concurrently and reports, for each model, the version that the responses name.
+
+Predict requests name the version that `check_models` found, so every request of one scoring
+call reaches the same version, with the input size read from that version's metadata. When
+the server answers NOT_FOUND because it unloaded that version (a newer one replaced it), the
+client checks the model again once, takes the version now served with its input size, and
+scores that model's images again.
+
+The channel uses TLS when ``serving_tls_ca_file`` is set, and mutual TLS when
+``serving_tls_cert_file`` and ``serving_tls_key_file`` are set too.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import grpc
@@ -55,6 +66,10 @@ AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 Response = TypeVar("Response", bound=Message)
 
 
+class _ServedVersionNotFound(ModelServingError):
+    """Predict failed with NOT_FOUND for the version the client named."""
+
+
 @dataclass(frozen=True)
 class ModelScores:
     """Malignancy probabilities of one model, in input order, and the version that made them."""
@@ -83,9 +98,9 @@ class ServingClient:
         reconnect_ms = max(
             MIN_RECONNECT_BACKOFF_MS, int(settings.serving_retry_backoff_seconds * 1000)
         )
-        self._channel = grpc.insecure_channel(
-            settings.serving_address,
-            options=[
+        self._channel = open_channel(
+            settings,
+            [
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 ("grpc.max_receive_message_length", self._max_message_bytes),
                 ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
@@ -97,6 +112,8 @@ class ServingClient:
         self._executor = ThreadPoolExecutor(
             max_workers=len(self._model_names), thread_name_prefix="serving-client"
         )
+        # Scoring threads replace a model's entry when its version changes.
+        self._served_lock = threading.Lock()
         self._served: dict[str, ServedModel] = {}
 
     def __enter__(self) -> ServingClient:
@@ -113,28 +130,31 @@ class ServingClient:
     def check_models(self) -> dict[str, ServedModel]:
         """Check that every model is AVAILABLE and meets the signature contract.
 
-        Returns the served models by name and keeps them for `score`, which uses their input
-        sizes. Raises ModelContractError naming the model and the mismatch, and
-        ModelServingError when the server cannot be reached within the retries.
+        Returns the served models by name and keeps them for `score`, which requests their
+        versions and uses their input sizes. Raises ModelContractError naming the model and
+        the mismatch, and ModelServingError when the server cannot be reached within the
+        retries.
         """
-        served = {}
-        for name in self._model_names:
-            self._check_available(name)
-            request = get_model_metadata_pb2.GetModelMetadataRequest(
-                metadata_field=[SIGNATURE_DEF_FIELD]
-            )
-            request.model_spec.name = name
-            request.model_spec.signature_name = SIGNATURE_NAME
-            response = self._call(
-                name, "GetModelMetadata", self._prediction.GetModelMetadata, request
-            )
-            served[name] = served_model_from_metadata(name, response)
-            logger.info(
-                "Model %s version %d meets the serving contract, input %dx%d",
-                name, served[name].version, served[name].input_height, served[name].input_width,
-            )
-        self._served = served
+        served = {name: self._resolve_model(name) for name in self._model_names}
+        with self._served_lock:
+            self._served = served
         return dict(served)
+
+    def _resolve_model(self, name: str) -> ServedModel:
+        """Check one model's status and metadata and return the version it serves now."""
+        self._check_available(name)
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=[SIGNATURE_DEF_FIELD]
+        )
+        request.model_spec.name = name
+        request.model_spec.signature_name = SIGNATURE_NAME
+        response = self._call(name, "GetModelMetadata", self._prediction.GetModelMetadata, request)
+        model = served_model_from_metadata(name, response)
+        logger.info(
+            "Model %s version %d meets the serving contract, input %dx%d",
+            name, model.version, model.input_height, model.input_width,
+        )
+        return model
 
     def _check_available(self, name: str) -> None:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -163,28 +183,29 @@ class ServingClient:
 
         Raises:
             ValueError: ``images`` is not a non-empty uint8 array of shape [N, S, S].
-            ModelServingError: a request failed after the retries, the responses of one call
-                reported different versions, or a probability is not finite.
+            ModelServingError: a request failed after the retries, or the responses of one
+                call reported different versions. Non-finite probabilities are returned as
+                they are, for the caller to reject per image.
             ConfigurationError: a request exceeded a gRPC message limit.
             ModelContractError: from `check_models`, which runs first if it has not run yet.
         """
         _check_images(images)
-        if not self._served:
-            self.check_models()
+        with self._served_lock:
+            served = dict(self._served)
+        if not served:
+            served = self.check_models()
 
         # Resize once per distinct input size, so models of the same size share one array.
         resized: dict[tuple[int, int], np.ndarray] = {}
-        for name in self._model_names:
-            size = (self._served[name].input_height, self._served[name].input_width)
+        for model in served.values():
+            size = (model.input_height, model.input_width)
             if size not in resized:
                 resized[size] = resize_images(images, *size)
 
         started = time.perf_counter()
         futures = {
             name: self._executor.submit(
-                self._score_model,
-                self._served[name],
-                resized[(self._served[name].input_height, self._served[name].input_width)],
+                self._score_model_resolving_once, served[name], images, resized
             )
             for name in self._model_names
         }
@@ -194,6 +215,39 @@ class ServingClient:
             len(images), len(scores), time.perf_counter() - started,
         )
         return scores
+
+    def _score_model_resolving_once(
+        self, model: ServedModel, images: np.ndarray, resized: dict[tuple[int, int], np.ndarray]
+    ) -> ModelScores:
+        """Score with ``model``; if its version is gone, resolve the model again and retry once.
+
+        ``resized`` holds the images at the sizes known before the call. A new version with
+        another input size gets its own resized copy.
+        """
+        try:
+            return self._score_model(model, resized[(model.input_height, model.input_width)])
+        except _ServedVersionNotFound as missing:
+            current = self._resolve_model(model.name)
+            logger.warning(
+                "Model %s version %d is no longer served (%s). Scoring again with version %d, "
+                "input %dx%d",
+                model.name, model.version, missing, current.version, current.input_height,
+                current.input_width,
+            )
+            with self._served_lock:
+                self._served[model.name] = current
+
+        size = (current.input_height, current.input_width)
+        current_images = resized.get(size)
+        if current_images is None:
+            current_images = resize_images(images, *size)
+        try:
+            return self._score_model(current, current_images)
+        except _ServedVersionNotFound as missing:
+            raise ModelServingError(
+                f"model {model.name!r} version {current.version} was not found right after the "
+                f"server reported it AVAILABLE: {missing}"
+            ) from missing
 
     def _score_model(self, model: ServedModel, images: np.ndarray) -> ModelScores:
         per_request = max_images_per_request(
@@ -209,7 +263,7 @@ class ServingClient:
         probabilities = []
         versions = set()
         for batch in split_batch(images, per_request):
-            response = self._predict(model.name, batch)
+            response = self._predict(model, batch)
             versions.add(response.model_spec.version.value)
             probabilities.append(_read_probabilities(model.name, response, len(batch)))
 
@@ -221,18 +275,20 @@ class ServingClient:
             )
         result = np.concatenate(probabilities).astype(np.float64)
 
+        # A NaN or infinite probability belongs to one image, not to the call: it is returned
+        # as it is, and the flow quarantines that image with reason invalid_score.
         not_finite = np.flatnonzero(~np.isfinite(result))
         if not_finite.size:
-            raise ModelServingError(
-                f"model {model.name!r} version {versions.pop()} returned non-finite "
-                f"probabilities for images at positions {not_finite.tolist()}"
-            )
+            logger.warning("Model %s version %s returned non-finite probabilities for images "
+                           "at positions %s", model.name, next(iter(versions)),
+                           not_finite.tolist())
         logger.debug("Model %s scored %d images", model.name, len(result))
         return ModelScores(model.name, versions.pop(), result)
 
-    def _predict(self, name: str, batch: np.ndarray) -> predict_pb2.PredictResponse:
+    def _predict(self, model: ServedModel, batch: np.ndarray) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = name
+        request.model_spec.name = model.name
+        request.model_spec.version.value = model.version
         request.model_spec.signature_name = SIGNATURE_NAME
         request.output_filter.append(OUTPUT_NAME)
 
@@ -242,7 +298,7 @@ class ServingClient:
             tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in batch.shape
         )
         tensor.tensor_content = np.ascontiguousarray(batch).tobytes()
-        return self._call(name, "Predict", self._prediction.Predict, request)
+        return self._call(model.name, "Predict", self._prediction.Predict, request)
 
     # --- Calls with deadline and retries -------------------------------------------------
     def _call(
@@ -279,15 +335,49 @@ def _translate_error(
             f"{details}. Raise the message limit of the client (serving_max_message_bytes) "
             "or of the server so that they match"
         )
-    if code == grpc.StatusCode.NOT_FOUND and method != "Predict":
+    if code == grpc.StatusCode.NOT_FOUND:
+        if method == "Predict":
+            return _ServedVersionNotFound(f"{call} failed with NOT_FOUND: {details}")
         return ModelContractError(f"model {name!r} is not served: {details}")
     if code in RETRYABLE_CODES:
         return ModelServingError(
             f"{call} failed with {code.name} after {retries_done} retries: {details}"
         )
-    # NOTE: a new version with another input size makes Predict fail with INVALID_ARGUMENT
-    # until check_models() runs again and reads the new size.
     return ModelServingError(f"{call} failed with {code.name}: {details}")
+
+
+def open_channel(settings: Settings, options: list[tuple[str, object]]) -> grpc.Channel:
+    """Open a channel to ``settings.serving_address``, with TLS when a CA file is set.
+
+    Raises ConfigurationError naming the setting when a certificate or key file cannot be
+    read.
+    """
+    if settings.serving_tls_ca_file is None:
+        return grpc.insecure_channel(settings.serving_address, options=options)
+
+    root_certificates = _read_pem("serving_tls_ca_file", settings.serving_tls_ca_file)
+    private_key = certificate_chain = None
+    if settings.serving_tls_cert_file is not None and settings.serving_tls_key_file is not None:
+        certificate_chain = _read_pem("serving_tls_cert_file", settings.serving_tls_cert_file)
+        private_key = _read_pem("serving_tls_key_file", settings.serving_tls_key_file)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
+    if settings.serving_tls_server_name:
+        options = [*options, ("grpc.ssl_target_name_override", settings.serving_tls_server_name)]
+    return grpc.secure_channel(settings.serving_address, credentials, options=options)
+
+
+def _read_pem(setting: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {setting} {path}: {error}. Set MAMMO_{setting.upper()} to a readable "
+            "PEM file"
+        ) from error
 
 
 def _read_probabilities(

@@ -171,7 +171,7 @@ class TestScore:
             for model_scores in scores.values():
                 assert model_scores.probabilities.tolist() == expected
 
-    def test_non_finite_probability_raises(self, tmp_path: Path) -> None:
+    def test_non_finite_probability_returned_per_image(self, tmp_path: Path, caplog) -> None:
         repository = single_model_repository(tmp_path, "cnn", 32, divisor=0.0)
         settings = make_settings(repository, model_names=("cnn",))
         server = LocalModelServer(settings, port=0)
@@ -179,11 +179,13 @@ class TestScore:
         try:
             client_settings = settings.model_copy(update={"serving_address": f"127.0.0.1:{port}"})
             with ServingClient(client_settings) as client:
-                message = "model 'cnn' version 1 returned non-finite"
-                with pytest.raises(ModelServingError, match=message):
-                    client.score(constant_images([0, 9]))
+                scores = client.score(constant_images([0, 9]))
         finally:
             server.stop(0)
+
+        probabilities = scores["cnn"].probabilities
+        assert not np.isfinite(probabilities).any()
+        assert "Model cnn version 1 returned non-finite probabilities" in caplog.text
 
     @pytest.mark.parametrize(
         "images",
