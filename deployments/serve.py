@@ -1,6 +1,6 @@
 """Serve the flows as Prefect deployments from one process (`mammo serve`).
 
-`process_incoming` runs on an interval schedule with a concurrency limit of one, so a slow run
+`process_incoming` runs on an interval schedule with a concurrency limit of one. A slow run
 is never overlapped by the next scheduled one; late runs wait and then find nothing left to
 claim. For a Prefect server with work pools and workers, use ``deployments/prefect.yaml``.
 """

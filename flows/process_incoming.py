@@ -40,7 +40,7 @@ from tasks.score_checks import reject_invalid_scores
 
 @task(cache_policy=NO_CACHE)
 def check_served_models(client: ServingClient) -> dict[str, ServedModel]:
-    """Fail the run before any file moves unless every model is served as the contract says."""
+    """Fail the run before any file moves unless every model is served per the contract."""
     served = client.check_models()
     get_run_logger().info("Serving %s", ", ".join(
         f"{name}:{model.version} ({model.input_height}x{model.input_width})"

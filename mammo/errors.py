@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class ReasonCode(StrEnum):
-    """Why an input was quarantined instead of scored; stored in the quarantine log."""
+    """Reason code of a quarantined input, stored in the quarantine log."""
 
     INCOMPLETE = "incomplete"
     NOT_REGULAR_FILE = "not_regular_file"

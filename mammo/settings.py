@@ -1,6 +1,6 @@
 """Typed settings for every part of the system.
 
-One `Settings` object holds every path, address, size, threshold and timeout. It reads the
+One `Settings` object contains every path, address, size, threshold and timeout. It reads the
 environment (prefix ``MAMMO_``) and an optional ``.env`` file once, when an entry point builds
 it; no other module reads the environment. Relative paths are resolved against the current
 working folder when the object is built, so a settings object always carries absolute paths.

@@ -1,4 +1,4 @@
-"""Move claimed files to where their committed outcome says they belong.
+"""Move claimed files to the folder that their committed outcome assigns.
 
 Run only after the batch's database transaction has committed:
 - a scored file moves to ``archive/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (kept for
