@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         description="Largest gRPC message sent or received, in bytes; requests are split "
         "to stay under it.",
     )
+    serving_max_images_per_request: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Most images in one Predict request. With batching enabled, TF Serving "
+        "rejects a request of more images than max_batch_size in batching_parameters.txt "
+        "with INVALID_ARGUMENT, so keep this at or below it.",
+    )
     serving_retries: int = Field(
         5, ge=0, le=20, description="Retries of a call that failed with UNAVAILABLE or "
         "DEADLINE_EXCEEDED."
