@@ -160,7 +160,12 @@ class Settings(BaseSettings):
     )
     operating_threshold: float = Field(
         0.5, gt=0, lt=1, description="Ensemble probability at or above which a case is "
-        "'suspicious'."
+        "'suspicious', used until a retraining run stores a threshold for the "
+        "served model versions."
+    )
+    target_sensitivity: float = Field(
+        0.9, gt=0, lt=1, description="Sensitivity on held-out labelled cases for which the "
+        "retraining flow chooses each version's threshold and the ensemble threshold."
     )
 
     # --- Intake and preprocessing --------------------------------------------------------
@@ -186,6 +191,13 @@ class Settings(BaseSettings):
     # --- Orchestration -------------------------------------------------------------------
     process_interval_seconds: int = Field(
         60, ge=5, description="Schedule interval of the process_incoming deployment."
+    )
+    retrain_cron: str = Field(
+        "0 2 * * 0", min_length=9, description="Cron schedule of the retrain_models "
+        "deployment in `mammo serve`; default Sundays at 02:00."
+    )
+    retrain_timezone: str = Field(
+        "UTC", description="IANA time zone of retrain_cron, e.g. Europe/Istanbul."
     )
     language: Language = Field(
         "en", description="Language of user-facing texts: 'en' (English) or 'tr' (Turkish)."
@@ -263,6 +275,11 @@ class Settings(BaseSettings):
     @property
     def keras_home(self) -> Path:
         return self.data_dir / "keras"
+
+    @property
+    def retraining_dir(self) -> Path:
+        """Per-run retraining files as <flow run id>/<model>/: checkpoints, ROC curves."""
+        return self.data_dir / "retraining"
 
     def input_size(self, model_name: str) -> int:
         """Input height and width used when exporting ``model_name``."""
