@@ -2,7 +2,7 @@
 
 Run only after the batch's database transaction has committed:
 - a scored file moves to ``archive/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (kept for
-  retraining);
+  retraining); for a gzip file the decompressed copy is archived and the gzip file deleted;
 - a rejected file moves, bytes unchanged, to ``quarantine/<reason_code>/<claim id>__<name>``;
 - a duplicate is deleted, because the archive already holds the same bytes.
 
@@ -51,6 +51,20 @@ def _move(source: Path, target: Path) -> bool:
     return True
 
 
+def _archive(claimed_path: Path, decompressed_path: Path | None, target: Path) -> bool:
+    """Move the DICOM file to ``target``; drop the gzip original once its copy is there."""
+    if decompressed_path is None:
+        return _move(claimed_path, target)
+    if not _move(decompressed_path, target):
+        return False
+    try:
+        claimed_path.unlink()
+    except OSError as error:
+        # The next run reclaims the gzip file and finds it a duplicate of the archived copy.
+        logger.error("Cannot delete archived gzip file %s: %s", claimed_path, error)
+    return True
+
+
 def apply_file_outcomes(batch: PreparedBatch, *, archive_dir: Path,
                         quarantine_dir: Path) -> dict[str, int]:
     """Archive, quarantine or delete every file of ``batch``; return counts of moves done."""
@@ -59,10 +73,12 @@ def apply_file_outcomes(batch: PreparedBatch, *, archive_dir: Path,
     for item in batch.to_score:
         target = archive_path_for(archive_dir, item.info.study_instance_uid,
                                   item.info.sop_instance_uid)
-        counts["archived" if _move(item.claimed.path, target) else "failed"] += 1
+        moved = _archive(item.claimed.path, item.decompressed_path, target)
+        counts["archived" if moved else "failed"] += 1
     for item in batch.unarchived:
         target = archive_path_for(archive_dir, item.study_instance_uid, item.sop_instance_uid)
-        counts["archived" if _move(item.claimed.path, target) else "failed"] += 1
+        moved = _archive(item.claimed.path, item.decompressed_path, target)
+        counts["archived" if moved else "failed"] += 1
 
     for rejection in batch.rejections:
         target = quarantine_path_for(quarantine_dir, rejection)

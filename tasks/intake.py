@@ -8,6 +8,14 @@ process dies, so the next run can tell a dead run's folder from a live one and r
 files. Each claimed file gets a claim id, kept in its name across reclaims, which keys its
 duplicate or quarantine record.
 
+Every non-hidden entry below ``incoming/`` that is not a folder is an input: regular files,
+and also symbolic links, FIFOs, sockets and device files, which are claimed like files (the
+rename moves the link itself, never its target) so that preparation can record them as
+``not_regular_file``. Folders are walked and each file inside is an input of its own; a
+folder left empty is removed once it has not changed for the stability time. Names starting
+with a dot are skipped in ``incoming/`` (senders write partial files under such names) and
+are private to the run in a work folder.
+
 NOTE: flock works between processes of one host. Runs on several hosts over a network file
 system need a lock manager that the file system honours; that setup is not supported yet.
 """
@@ -19,6 +27,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +41,15 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 CLAIM_SEPARATOR = "__"
 
+#: Maximum length of a file name, in bytes, on Linux file systems (NAME_MAX).
+MAX_NAME_BYTES = 255
+
+#: Characters kept from the end of a shortened name, so the extension survives.
+KEPT_NAME_TAIL = 16
+
+#: Marks where a name too long for the work folder was shortened.
+SHORTENED_MARK = "…"
+
 
 @dataclass(frozen=True)
 class ClaimedFile:
@@ -44,7 +62,8 @@ class ClaimedFile:
     @classmethod
     def from_work_path(cls, path: Path) -> ClaimedFile:
         claim_id, _, encoded = path.name.partition(CLAIM_SEPARATOR)
-        return cls(claim_id=claim_id, path=path, original_name=_decode_name(encoded))
+        return cls(claim_id=claim_id, path=path,
+                   original_name=_printable(_decode_name(encoded)))
 
 
 def _encode_name(relative: Path) -> str:
@@ -54,6 +73,32 @@ def _encode_name(relative: Path) -> str:
 
 def _decode_name(encoded: str) -> str:
     return "/".join(part.replace("%25", "%") for part in encoded.split("%2F"))
+
+
+def _fit_name(name: str, max_bytes: int) -> str:
+    """Shorten ``name`` to at most ``max_bytes`` encoded bytes, keeping its last characters."""
+    if len(os.fsencode(name)) <= max_bytes:
+        return name
+    tail = name[-KEPT_NAME_TAIL:]
+    head = name[:-KEPT_NAME_TAIL]
+    while head and len(os.fsencode(head + SHORTENED_MARK + tail)) > max_bytes:
+        head = head[:-1]
+    return head + SHORTENED_MARK + tail
+
+
+def _printable(name: str) -> str:
+    """Return ``name`` with bytes that are not UTF-8 replaced by U+FFFD.
+
+    Python represents such bytes in file names as lone surrogates (PEP 383), and the
+    database drivers cannot encode those. A Latin-1 name from a Windows share is the usual
+    case.
+    """
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
+def _is_folder(path: Path) -> bool:
+    """Return True for a real folder; a symbolic link to a folder is not one."""
+    return stat.S_ISDIR(path.lstat().st_mode)
 
 
 class WorkFolder:
@@ -98,15 +143,26 @@ class WorkFolder:
             self._lock_fd = None
 
     def files(self) -> list[ClaimedFile]:
-        """Return the files this run holds, in name order."""
+        """Return the inputs this run holds, in name order, symbolic links included."""
         return [ClaimedFile.from_work_path(p) for p in sorted(self.path.iterdir())
-                if p.name != LOCK_FILE and p.is_file()]
+                if not p.name.startswith(".") and not _is_folder(p)]
 
     def claim(self, incoming_dir: Path, source: Path) -> ClaimedFile | None:
-        """Move ``source`` into this work folder; None when another run claimed it first."""
+        """Move ``source`` into this work folder; None when another run claimed it first.
+
+        The returned `ClaimedFile` carries the full original name. A name too long for the
+        work folder is shortened there, so a run that reclaims the file after a crash
+        records the shortened name.
+        """
         claim_id = str(uuid.uuid4())
-        name = f"{claim_id}{CLAIM_SEPARATOR}{_encode_name(source.relative_to(incoming_dir))}"
-        target = self.path / name
+        prefix = f"{claim_id}{CLAIM_SEPARATOR}"
+        encoded = _encode_name(source.relative_to(incoming_dir))
+        fitted = _fit_name(encoded, MAX_NAME_BYTES - len(prefix))
+        if fitted != encoded:
+            logger.warning("Claim %s: the file name is %d bytes long, more than a work "
+                           "folder name allows; it is stored shortened",
+                           claim_id, len(os.fsencode(encoded)))
+        target = self.path / f"{prefix}{fitted}"
         try:
             os.rename(source, target)
         except FileNotFoundError:
@@ -121,7 +177,7 @@ class WorkFolder:
                 ) from error
             raise
         return ClaimedFile(claim_id=claim_id, path=target,
-                           original_name=str(source.relative_to(incoming_dir)))
+                           original_name=_printable(str(source.relative_to(incoming_dir))))
 
     def reclaim_orphans(self) -> list[ClaimedFile]:
         """Move files out of work folders whose run has died into this one.
@@ -136,7 +192,8 @@ class WorkFolder:
             if not _is_orphaned(folder):
                 continue
             for path in sorted(folder.iterdir()):
-                if path.name == LOCK_FILE or not path.is_file():
+                # Hidden names are the dead run's own temporary files.
+                if path.name.startswith(".") or _is_folder(path):
                     continue
                 target = self.path / path.name
                 os.replace(path, target)
@@ -162,19 +219,43 @@ def _is_orphaned(folder: Path) -> bool:
 
 
 def iter_candidate_files(incoming_dir: Path) -> Iterator[Path]:
-    """Yield regular files under ``incoming_dir``, skipping hidden files and symlinks."""
+    """Yield every input under ``incoming_dir``: each entry that is not a folder.
+
+    Hidden entries (names starting with a dot) are skipped, with their contents. Symbolic
+    links are yielded, not followed, even when they point to a folder.
+    """
     for root, dirs, files in os.walk(incoming_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.startswith("."):
+        folder = Path(root)
+        # os.walk lists a symbolic link to a folder among the folders without following it.
+        linked = sorted(d for d in dirs if not d.startswith(".") and (folder / d).is_symlink())
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        for name in sorted([*files, *linked]):
+            if not name.startswith("."):
+                yield folder / name
+
+
+def remove_empty_folders(incoming_dir: Path, *, min_age_seconds: float) -> int:
+    """Remove empty, non-hidden folders below ``incoming_dir`` unchanged for a while.
+
+    A folder younger than ``min_age_seconds`` is kept, because a sender may have just
+    created it and not yet written into it. Returns the number of folders removed.
+    """
+    removed = 0
+    now = time.time()
+    for root, dirs, _ in os.walk(incoming_dir, topdown=False):
+        for name in dirs:
+            folder = Path(root) / name
+            hidden = any(part.startswith(".") for part in folder.relative_to(incoming_dir).parts)
+            if hidden or folder.is_symlink():
                 continue
-            if path.is_symlink():
-                # NOTE: a symlink would be claimed as a link and archived without its target.
-                logger.warning("Skipping symlink %s: copy the file itself into the incoming "
-                               "folder", path.relative_to(incoming_dir))
-                continue
-            yield path
+            try:
+                if now - folder.stat().st_mtime < min_age_seconds:
+                    continue
+                folder.rmdir()
+            except OSError:
+                continue  # not empty, or removed by someone else
+            removed += 1
+    return removed
 
 
 def wait_until_complete(paths: list[Path], *, stability_seconds: float,
@@ -194,14 +275,15 @@ def wait_until_complete(paths: list[Path], *, stability_seconds: float,
         still_pending: list[Path] = []
         for path in pending:
             try:
-                stat = path.stat()
+                # lstat: a symbolic link is judged by itself, and a dangling one still counts.
+                status = path.lstat()
             except FileNotFoundError:
                 continue  # claimed by another run or removed by the sender
-            signature = (stat.st_size, stat.st_mtime_ns)
+            signature = (status.st_size, status.st_mtime_ns)
             previous = last_seen.get(path)
             last_seen[path] = (*signature, previous[2] if previous and
                                previous[:2] == signature else time.monotonic())
-            age = now_wall - stat.st_mtime
+            age = now_wall - status.st_mtime
             unchanged_for = time.monotonic() - last_seen[path][2]
             if age >= stability_seconds or unchanged_for >= stability_seconds:
                 complete.append(path)

@@ -7,14 +7,36 @@ becomes a rejection with its reason code; the other files of the batch go on.
 
 Idempotency rests on SOPInstanceUID plus the SHA-256 of the file's bytes: the same instance
 dropped twice, in one batch, in two runs or under two names, is scored once.
+
+Before any of that, the file itself is checked:
+
+- anything but a regular file (a symbolic link, FIFO, socket or device) is rejected as
+  ``not_regular_file`` without being opened. A link is not followed, because its target
+  lies outside the claimed work folder: the sender may still change or delete it, and a
+  link could make the service read any file its account can read;
+- an empty file is rejected as ``incomplete``, since it is almost always an aborted
+  transfer;
+- a gzip file (magic bytes 1F 8B, whatever its name) is decompressed into a hidden file
+  beside it and read from there. DICOM defines no gzip wrapper (PS3.10), but exports for
+  teleradiology and manual uploads often arrive as ``.dcm.gz``, and refusing them would
+  withhold the second opinion for a readable image. The hash, deduplication and the archive
+  use the decompressed bytes, so a gzipped copy of a scored file is a duplicate, while
+  quarantine keeps the gzip file as it arrived.
+
+Memory stays flat: each file is read, checked and preprocessed on its own, and the batch
+keeps only the canonical images.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import os
+import stat
+import zlib
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +49,14 @@ from tasks.preprocess import preprocess
 logger = logging.getLogger(__name__)
 
 HASH_CHUNK_BYTES = 1 << 20
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: Bytes per pixel allowed when sizing the largest decompressed file (32-bit pixels), and
+#: the allowance for the rest of the data set. The limit stops a gzip bomb from filling
+#: the disk.
+MAX_BYTES_PER_PIXEL = 4
+HEADER_ALLOWANCE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,9 @@ class ScoredInput:
     claimed: ClaimedFile
     content_hash: str
     info: InstanceInfo
+    #: The DICOM file to archive: the decompressed copy of a gzip file, else None for
+    #: the claimed file itself.
+    decompressed_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +120,7 @@ class Unarchived:
     content_hash: str
     study_instance_uid: str
     sop_instance_uid: str
+    decompressed_path: Path | None = None
 
 
 @dataclass
@@ -129,46 +163,182 @@ def prepare_batch(
     this run has taken so far to their content hash and is updated here.
     """
     batch = PreparedBatch()
+    max_dicom_bytes = max_pixels * MAX_BYTES_PER_PIXEL + HEADER_ALLOWANCE_BYTES
     for claimed in files:
+        decompressed: Path | None = None
         try:
-            content_hash = hash_file(claimed.path)
-        except OSError as error:
-            batch.rejections.append(Rejection(
-                claimed, ReasonCode.INCOMPLETE,
-                f"cannot read {claimed.original_name}: {error}; send the file again"))
-            continue
-        try:
-            instance = read_instance(claimed.path, allowed_modalities=allowed_modalities,
-                                     max_pixels=max_pixels)
+            _check_regular_and_not_empty(claimed)
+            decompressed = _decompress_if_gzip(claimed, max_bytes=max_dicom_bytes)
         except InputRejected as rejected:
             logger.warning("Rejected %s: %s (%s)", claimed.claim_id, rejected.reason,
                            rejected.message)
-            batch.rejections.append(Rejection(claimed, rejected.reason, rejected.message,
-                                              content_hash=content_hash))
+            batch.rejections.append(Rejection(claimed, rejected.reason, rejected.message))
             continue
 
-        uid = instance.sop_instance_uid
-        outcome = _classify(claimed, instance, content_hash, find_scored, seen_in_run)
-        if outcome is not None:
-            _append(batch, outcome)
+        outcome = _prepare_one(claimed, decompressed or claimed.path, image_size=image_size,
+                               find_scored=find_scored, seen_in_run=seen_in_run,
+                               allowed_modalities=allowed_modalities, max_pixels=max_pixels)
+        if isinstance(outcome, tuple):
+            item, image = outcome
+            batch.to_score.append(_with_decompressed(item, decompressed))
+            batch.images.append(image)
             continue
-
-        try:
-            image = preprocess(instance, image_size)
-        except InputRejected as rejected:
-            logger.warning("Rejected SOPInstanceUID %s: %s (%s)", uid, rejected.reason,
-                           rejected.message)
-            batch.rejections.append(Rejection(claimed, rejected.reason, rejected.message,
-                                              content_hash=content_hash,
-                                              sop_instance_uid=uid))
+        if isinstance(outcome, Unarchived):
+            batch.unarchived.append(_with_decompressed(outcome, decompressed))
             continue
-        seen_in_run[uid] = content_hash
-        batch.to_score.append(ScoredInput(claimed, content_hash,
-                                          InstanceInfo.from_instance(instance)))
-        batch.images.append(image)
-        logger.debug("Prepared SOPInstanceUID %s (%s %s)", uid, instance.laterality,
-                     instance.view)
+        # Duplicates and rejections keep or drop the file as it arrived, so the
+        # decompressed copy is no longer needed.
+        if decompressed is not None:
+            decompressed.unlink(missing_ok=True)
+        _append(batch, outcome)
     return batch
+
+
+def _prepare_one(
+    claimed: ClaimedFile,
+    dicom_path: Path,
+    *,
+    image_size: int,
+    find_scored: Callable[[str], tuple[str, str] | None],
+    seen_in_run: MutableMapping[str, str],
+    allowed_modalities: tuple[str, ...],
+    max_pixels: int,
+) -> tuple[ScoredInput, np.ndarray] | Duplicate | Rejection | Unarchived:
+    """Hash, read, classify and preprocess one DICOM file read from ``dicom_path``."""
+    try:
+        content_hash = hash_file(dicom_path)
+    except OSError as error:
+        return Rejection(claimed, ReasonCode.INCOMPLETE,
+                         f"cannot read {claimed.original_name}: {error}; send the file again")
+    try:
+        instance = read_instance(dicom_path, allowed_modalities=allowed_modalities,
+                                 max_pixels=max_pixels)
+    except InputRejected as rejected:
+        logger.warning("Rejected %s: %s (%s)", claimed.claim_id, rejected.reason,
+                       rejected.message)
+        return Rejection(claimed, rejected.reason, _name_original(rejected.message,
+                                                                  dicom_path, claimed),
+                         content_hash=content_hash)
+
+    uid = instance.sop_instance_uid
+    outcome = _classify(claimed, instance, content_hash, find_scored, seen_in_run)
+    if outcome is not None:
+        return outcome
+
+    try:
+        image = preprocess(instance, image_size)
+    except InputRejected as rejected:
+        logger.warning("Rejected SOPInstanceUID %s: %s (%s)", uid, rejected.reason,
+                       rejected.message)
+        return Rejection(claimed, rejected.reason,
+                         _name_original(rejected.message, dicom_path, claimed),
+                         content_hash=content_hash, sop_instance_uid=uid)
+    seen_in_run[uid] = content_hash
+    logger.debug("Prepared SOPInstanceUID %s (%s %s)", uid, instance.laterality,
+                 instance.view)
+    return ScoredInput(claimed, content_hash, InstanceInfo.from_instance(instance)), image
+
+
+def _check_regular_and_not_empty(claimed: ClaimedFile) -> None:
+    """Raise `InputRejected` for a claimed entry that is not a regular file, or is empty."""
+    try:
+        status = claimed.path.lstat()
+    except OSError as error:
+        raise InputRejected(ReasonCode.INCOMPLETE,
+                            f"cannot read {claimed.original_name}: {error}; send the file "
+                            "again") from error
+
+    if stat.S_ISLNK(status.st_mode):
+        target = os.readlink(claimed.path)
+        raise InputRejected(
+            ReasonCode.NOT_REGULAR_FILE,
+            f"{claimed.original_name}: is a symbolic link to {target!r}, and links are not "
+            "followed. Copy the file itself into the incoming folder.")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputRejected(
+            ReasonCode.NOT_REGULAR_FILE,
+            f"{claimed.original_name}: is a {_file_type(status.st_mode)}, not a regular "
+            "file. Copy the DICOM file itself into the incoming folder.")
+    if status.st_size == 0:
+        raise InputRejected(
+            ReasonCode.INCOMPLETE,
+            f"{claimed.original_name}: the file is empty (0 bytes), so the transfer was "
+            "aborted before any data arrived. Send the file again.")
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    return "special file"
+
+
+def _decompress_if_gzip(claimed: ClaimedFile, *, max_bytes: int) -> Path | None:
+    """Decompress a gzip file into a hidden file beside it and return that file's path.
+
+    Returns None when the file does not start with the gzip magic bytes. The hidden name
+    keeps the copy out of the run's inputs (`tasks.intake` skips names starting with a
+    dot), so a run that dies here leaves only the original to be reclaimed.
+
+    Raises
+    ------
+    InputRejected
+        ``incomplete`` when the gzip stream ends early, ``not_dicom`` when it is not valid
+        gzip data, ``oversize`` when it decompresses to more than ``max_bytes``.
+    """
+    with claimed.path.open("rb") as stream:
+        if stream.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
+            return None
+
+    target = claimed.path.with_name(f".{claimed.claim_id}.decompressed.dcm")
+    try:
+        with gzip.open(claimed.path, "rb") as source, target.open("wb") as output:
+            written = 0
+            while chunk := source.read(HASH_CHUNK_BYTES):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise InputRejected(
+                        ReasonCode.OVERSIZE,
+                        f"{claimed.original_name}: the gzip file decompresses to more than "
+                        f"{max_bytes} bytes, more than an image of the allowed size needs "
+                        "(setting max_pixels).")
+                output.write(chunk)
+    except EOFError as error:
+        target.unlink(missing_ok=True)
+        raise InputRejected(
+            ReasonCode.INCOMPLETE,
+            f"{claimed.original_name}: the gzip stream ends before its end marker ({error}); "
+            "the file is truncated. Send the complete file again.") from error
+    except (gzip.BadGzipFile, zlib.error) as error:
+        target.unlink(missing_ok=True)
+        raise InputRejected(
+            ReasonCode.NOT_DICOM,
+            f"{claimed.original_name}: the file starts like gzip data but cannot be "
+            f"decompressed ({error}).") from error
+    except InputRejected:
+        target.unlink(missing_ok=True)
+        raise
+
+    logger.debug("Claim %s is gzip-compressed; decompressed %d bytes", claimed.claim_id,
+                 written)
+    return target
+
+
+def _name_original(message: str, dicom_path: Path, claimed: ClaimedFile) -> str:
+    """Return ``message`` naming the file as it arrived rather than its path on disk."""
+    prefix = f"{dicom_path.name}: "
+    if message.startswith(prefix):
+        return f"{claimed.original_name}: {message[len(prefix):]}"
+    return message
+
+
+def _with_decompressed(item, decompressed: Path | None):
+    if decompressed is None:
+        return item
+    return replace(item, decompressed_path=decompressed)
 
 
 def _classify(claimed: ClaimedFile, instance: DicomInstance, content_hash: str,

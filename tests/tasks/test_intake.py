@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.intake import ClaimedFile, WorkFolder, iter_candidate_files, wait_until_complete
+from tasks.intake import (
+    MAX_NAME_BYTES,
+    SHORTENED_MARK,
+    ClaimedFile,
+    WorkFolder,
+    iter_candidate_files,
+    remove_empty_folders,
+    wait_until_complete,
+)
 
 
 def _drop(folder: Path, name: str, content: bytes = b"data", age_seconds: float = 60) -> Path:
@@ -108,14 +116,119 @@ class TestReclaimOrphans:
 
 
 class TestIterCandidateFiles:
-    def test_skips_hidden_files_and_symlinks(self, tmp_path):
+    def test_skips_hidden_entries(self, tmp_path):
         incoming = tmp_path / "incoming"
         real = _drop(incoming, "sub/a.dcm")
         _drop(incoming, ".b.dcm.part")
         _drop(incoming, ".hidden/c.dcm")
-        (incoming / "link.dcm").symlink_to(real)
 
         assert list(iter_candidate_files(incoming)) == [real]
+
+    def test_yields_links_and_special_files(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        real = _drop(incoming, "sub/a.dcm")
+        (incoming / "link.dcm").symlink_to(real)
+        (incoming / "dangling.dcm").symlink_to(tmp_path / "missing.dcm")
+        (incoming / "folder-link").symlink_to(incoming / "sub")
+        os.mkfifo(incoming / "pipe.dcm")
+
+        found = list(iter_candidate_files(incoming))
+
+        assert sorted(path.name for path in found) == [
+            "a.dcm", "dangling.dcm", "folder-link", "link.dcm", "pipe.dcm"]
+        assert found.count(real) == 1  # the folder link is not followed
+
+
+class TestClaimOddNames:
+    @pytest.mark.parametrize("name", [
+        "with space.dcm", "-leading-dash.dcm", "mamografi şüpheli ğ.dcm", "a%2Fb.dcm",
+        "sub folder/ünïcode.dcm"])
+    def test_name_survives_claim(self, tmp_path, name):
+        incoming = tmp_path / "incoming"
+        source = _drop(incoming, name)
+
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            claimed = work.claim(incoming, source)
+            assert claimed.original_name == name
+            assert work.files() == [claimed]
+            claimed.path.unlink()
+
+    def test_long_name_is_shortened(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        name = "ş" * 120 + ".dcm"  # 244 bytes in UTF-8, the claim id makes it too long
+        source = _drop(incoming, name)
+
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            claimed = work.claim(incoming, source)
+            assert claimed.original_name == name
+            assert len(os.fsencode(claimed.path.name)) <= MAX_NAME_BYTES
+            [reclaimed] = work.files()
+            assert reclaimed.original_name.endswith(SHORTENED_MARK + "ş" * 12 + ".dcm")
+            assert reclaimed.path.read_bytes() == b"data"
+            claimed.path.unlink()
+
+    def test_undecodable_name_is_printable(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        incoming.mkdir()
+        raw = os.fsencode(incoming) + b"/latin1-\xfe.dcm"  # not valid UTF-8
+        with open(raw, "wb") as stream:
+            stream.write(b"data")
+        [source] = iter_candidate_files(incoming)
+
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            claimed = work.claim(incoming, source)
+            assert claimed.original_name == "latin1-\ufffd.dcm"
+            assert claimed.original_name.encode("utf-8")
+            assert work.files()[0].original_name == "latin1-\ufffd.dcm"
+            claimed.path.unlink()
+
+    def test_symlink_claimed_as_link(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        target = _drop(tmp_path, "outside.dcm")
+        (incoming).mkdir()
+        (incoming / "link.dcm").symlink_to(target)
+
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            claimed = work.claim(incoming, incoming / "link.dcm")
+            assert claimed.path.is_symlink()
+            assert work.files() == [claimed]
+            claimed.path.unlink()
+        assert target.read_bytes() == b"data"
+
+    def test_hidden_files_are_not_inputs(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            claimed = work.claim(incoming, _drop(incoming, "a.dcm"))
+            (work.path / ".scratch.dcm").write_bytes(b"temporary")
+            assert work.files() == [claimed]
+            claimed.path.unlink()
+        assert not work.path.exists()
+
+
+class TestRemoveEmptyFolders:
+    def test_old_empty_folders_removed(self, tmp_path):
+        incoming = tmp_path / "incoming"
+        kept = _drop(incoming, "full/a.dcm")
+        (incoming / "empty" / "nested").mkdir(parents=True)
+        (incoming / ".hidden-empty").mkdir()
+        past = time.time() - 60
+        for folder in (incoming / "empty" / "nested", incoming / "empty"):
+            os.utime(folder, (past, past))
+
+        removed = remove_empty_folders(incoming, min_age_seconds=5)
+
+        assert removed == 1  # the parent changed when its child went; next run takes it
+        assert not (incoming / "empty" / "nested").exists()
+        assert (incoming / ".hidden-empty").exists()
+        assert kept.exists()
+        assert remove_empty_folders(incoming, min_age_seconds=0) == 1
+        assert not (incoming / "empty").exists()
+
+    def test_young_empty_folder_kept(self, tmp_path):
+        (tmp_path / "incoming" / "new").mkdir(parents=True)
+
+        assert remove_empty_folders(tmp_path / "incoming", min_age_seconds=60) == 0
+        assert (tmp_path / "incoming" / "new").exists()
 
 
 class TestWaitUntilComplete:
@@ -155,6 +268,16 @@ class TestWaitUntilComplete:
             stop.set()
             writer.join()
         assert (complete, pending) == ([], [path])
+
+    def test_dangling_symlink_is_complete(self, tmp_path):
+        link = tmp_path / "link.dcm"
+        link.symlink_to(tmp_path / "missing.dcm")
+        past = time.time() - 60
+        os.utime(link, (past, past), follow_symlinks=False)
+
+        complete, pending = wait_until_complete([link], stability_seconds=5,
+                                                max_wait_seconds=1)
+        assert (complete, pending) == ([link], [])
 
     def test_vanished_file_is_dropped(self, tmp_path):
         complete, pending = wait_until_complete([tmp_path / "gone.dcm"], stability_seconds=1,
