@@ -121,18 +121,25 @@ class LocalModelServer:
     Args:
         settings: reads model_config_file, serving_base_path_prefix, model_repository,
             serving_address (the host to bind, and the port when ``port`` is None),
-            serving_max_message_bytes and serving_poll_seconds.
+            serving_max_message_bytes, serving_poll_seconds and serving_load_retries.
         port: port to bind; None takes it from serving_address, 0 picks a free port.
         max_workers: requests handled at once (default `DEFAULT_MAX_WORKERS`).
+        server_credentials: TLS credentials from `grpc.ssl_server_credentials`; None
+            (the default) serves plaintext.
     """
 
     def __init__(
-        self, settings: Settings, port: int | None = None, max_workers: int = DEFAULT_MAX_WORKERS
+        self,
+        settings: Settings,
+        port: int | None = None,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        server_credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._settings = settings
         self._host, configured_port = split_host_port(settings.serving_address)
         self._port = configured_port if port is None else port
         self._max_workers = max_workers
+        self._server_credentials = server_credentials
         self._server: grpc.Server | None = None
         self._manager: ServableManager | None = None
         self.bound_port: int | None = None
@@ -148,7 +155,7 @@ class LocalModelServer:
             self._settings.serving_base_path_prefix,
             self._settings.model_repository,
         )
-        self._manager = ServableManager(sources)
+        self._manager = ServableManager(sources, self._settings.serving_load_retries)
         self._manager.poll()
 
         limit = self._settings.serving_max_message_bytes
@@ -168,7 +175,10 @@ class LocalModelServer:
 
         address = f"{self._host}:{self._port}"
         try:
-            bound_port = server.add_insecure_port(address)
+            if self._server_credentials is None:
+                bound_port = server.add_insecure_port(address)
+            else:
+                bound_port = server.add_secure_port(address, self._server_credentials)
         except RuntimeError as error:
             raise ConfigurationError(
                 f"cannot bind the model server to {address}: {error}"
@@ -181,9 +191,9 @@ class LocalModelServer:
         self._server = server
         self.bound_port = bound_port
         logger.info(
-            "Local model server listening on %s:%d, serving %s from %s",
-            self._host, bound_port, ", ".join(self._manager.model_names),
-            self._settings.model_repository,
+            "Local model server listening on %s:%d (%s), serving %s from %s",
+            self._host, bound_port, "plaintext" if self._server_credentials is None else "TLS",
+            ", ".join(self._manager.model_names), self._settings.model_repository,
         )
         return bound_port
 

@@ -7,6 +7,8 @@ signature name, INVALID_ARGUMENT for a metadata field other than ``signature_def
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 import numpy as np
 import tensorflow as tf
@@ -15,8 +17,11 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from serving.rpc_status import RpcStatusError, status_code_from_number
-from serving.servable_manager import Servable
 from serving.signature_contract import SIGNATURE_DEF_FIELD
+
+if TYPE_CHECKING:
+    # Only for annotations: the servable manager imports this module to replay warmup records.
+    from serving.servable_manager import Servable
 
 #: Signature used when a request leaves model_spec.signature_name empty.
 DEFAULT_SIGNATURE_NAME = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY

@@ -1,10 +1,16 @@
 """Load, track and unload the model versions (servables) the local model server serves.
 
 `ServableManager` polls each model folder, applies the model's version policy, loads new
-versions with ``tf.saved_model.load`` and unloads versions the policy drops. It records the
-state of every version it has seen, as TF Serving's servable state monitor does: LOADING
-while loading, AVAILABLE once loaded, END after an unload (OK status) or a failed load (error
-status). A version that failed to load is not tried again until the server restarts.
+versions with ``tf.saved_model.load``, replays their warmup records and unloads versions the
+policy drops. It records the state of every version it has seen, as TF Serving's servable
+state monitor does: LOADING while loading, AVAILABLE once loaded, END after an unload (OK
+status) or a failed load (error status).
+
+A failed load is tried again on each of the next polls, at most ``max_load_retries`` times,
+like TF Serving's ``--max_num_load_retries`` (default 5). TF Serving waits
+``--load_retry_interval_micros`` (default 1 minute) between attempts; the local server waits
+one poll interval. After the last retry the version stays END with its error until the
+server restarts or its folder disappears.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from serving.model_config import ModelSource
 from serving.rpc_status import RpcStatusError
 from serving.version_policy import SAVED_MODEL_FILENAME, list_ready_versions, select_versions
+from serving.warmup import replay_warmup_records
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,9 @@ SERVING_TAG = tf.saved_model.SERVING
 #: tensorflow.error.Code numbers stored in ModelVersionStatus.status.error_code.
 _ERROR_CODE_OK = 0
 _ERROR_CODE_UNKNOWN = 2
+
+#: Default of TF Serving's --max_num_load_retries: retries after the first failed load.
+DEFAULT_MAX_LOAD_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,23 @@ def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.Signature
 
 
 def load_servable(name: str, version: int, version_dir: Path) -> Servable:
-    """Load one version folder as a Servable."""
+    """Load one version folder as a Servable and replay its warmup records.
+
+    Raises the load's error, or `serving.warmup.WarmupError` when a warmup request fails.
+    """
     signature_defs = read_signature_defs(version_dir)
     saved_model = tf.saved_model.load(str(version_dir), tags=[SERVING_TAG])
-    return Servable(name, version, version_dir, signature_defs, saved_model)
+    servable = Servable(name, version, version_dir, signature_defs, saved_model)
+
+    warmup = replay_warmup_records(servable)
+    if warmup.requests:
+        logger.info(
+            "Replayed %d warmup requests for model %s version %d in %.3f s",
+            warmup.requests, name, version, warmup.seconds,
+        )
+    else:
+        logger.info("Model %s version %d has no warmup records", name, version)
+    return servable
 
 
 class ServableManager:
@@ -83,10 +106,18 @@ class ServableManager:
 
     Thread-safe: request handlers call `resolve` and `version_statuses` while the polling
     thread loads and unloads versions.
+
+    Args:
+        sources: the models to serve, from the model config file.
+        max_load_retries: polls on which a failed load is tried again.
     """
 
-    def __init__(self, sources: list[ModelSource]) -> None:
+    def __init__(
+        self, sources: list[ModelSource], max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES
+    ) -> None:
         self._sources = {source.name: source for source in sources}
+        self._max_load_retries = max_load_retries
+        self._failed_loads: dict[str, dict[int, int]] = {name: {} for name in self._sources}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._loaded: dict[str, dict[int, Servable]] = {name: {} for name in self._sources}
@@ -142,31 +173,48 @@ class ServableManager:
             self._warned_empty.discard(source.name)
 
         aspired = select_versions(source.version_policy, ready)
+        failures = self._failed_loads[source.name]
+        for version in set(failures) - set(ready):
+            # The folder is gone, so a folder published again under this number starts afresh.
+            del failures[version]
+        given_up = {
+            version for version, count in failures.items() if count > self._max_load_retries
+        }
         with self._lock:
             loaded = set(self._loaded[source.name])
-            failed = {
-                status.version
-                for status in self._statuses[source.name].values()
-                if status.error_code != _ERROR_CODE_OK
-            }
 
-        for version in sorted(aspired - loaded - failed):
+        for version in sorted(aspired - loaded - given_up):
             self._load_version(source, version)
 
         self._unload_dropped_versions(source.name, aspired)
 
     def _load_version(self, source: ModelSource, version: int) -> None:
         version_dir = source.local_path / str(version)
+        failures = self._failed_loads[source.name]
+        attempt = failures.get(version, 0) + 1
         self._set_status(source.name, VersionStatus(version, State.LOADING))
-        logger.info("Loading model %s version %d from %s", source.name, version, version_dir)
+        logger.info(
+            "Loading model %s version %d from %s (attempt %d of %d)",
+            source.name, version, version_dir, attempt, self._max_load_retries + 1,
+        )
         try:
             servable = load_servable(source.name, version, version_dir)
         except Exception as error:
-            logger.exception("Loading model %s version %d failed", source.name, version)
+            failures[version] = attempt
+            retry = (
+                "retrying on the next poll"
+                if attempt <= self._max_load_retries
+                else "giving up until the server restarts"
+            )
+            logger.exception(
+                "Loading model %s version %d failed on attempt %d of %d, %s",
+                source.name, version, attempt, self._max_load_retries + 1, retry,
+            )
             failed = VersionStatus(version, State.END, _ERROR_CODE_UNKNOWN, f"load failed: {error}")
             self._set_status(source.name, failed)
             return
 
+        failures.pop(version, None)
         with self._lock:
             self._loaded[source.name][version] = servable
             self._statuses[source.name][version] = VersionStatus(version, State.AVAILABLE)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -30,6 +33,7 @@ from tests.serving.tiny_models import (
     expected_probability,
     make_settings,
     publish_version,
+    save_mean_model,
 )
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -322,3 +326,229 @@ class TestServeForever:
         assert f"Local model server listening on 127.0.0.1:{port}" in log
         assert "Received SIGTERM" in log
         assert f"Local model server on 127.0.0.1:{port} stopped" in log
+
+
+def single_model_config(directory: Path, policy: str, name: str = "cnn") -> Path:
+    """Write a model config that serves ``name`` with the version policy text ``policy``."""
+    config = directory / f"{name}.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "{name}" base_path: "/models/{name}" '
+        f'model_platform: "tensorflow" model_version_policy {{ {policy} }} }} }}'
+    )
+    return config
+
+
+class RunningServer:
+    """A local server on its own settings, with stubs over one channel that stop() closes."""
+
+    def __init__(self, repository: Path, **overrides: object) -> None:
+        self.settings = make_settings(repository, **overrides)
+        self.server = LocalModelServer(self.settings, port=0)
+        port = self.server.start()
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}",
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        )
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_service = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def states(self, name: str = "cnn") -> dict[int, int]:
+        try:
+            response = self.model_service.GetModelStatus(status_request(name), timeout=10)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise
+        return {status.version: status.state for status in response.model_version_status}
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.server.stop(0)
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def start(repository: Path, **overrides: object) -> RunningServer:
+        running = RunningServer(repository, **overrides)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+class TestVersionPolicyWhileRunning:
+    def test_latest_two_keeps_two_highest(self, model_repository, tmp_path, start_server) -> None:
+        config = single_model_config(tmp_path, "latest { num_versions: 2 }")
+        running = start_server(model_repository, model_config_file=config)
+        model_dir = model_repository / "cnn"
+
+        publish_version(model_dir, 2, MODEL_SIZES["cnn"])
+        assert wait_until(lambda: running.states() == {1: State.AVAILABLE, 2: State.AVAILABLE})
+        publish_version(model_dir, 3, MODEL_SIZES["cnn"])
+        expected = {1: State.END, 2: State.AVAILABLE, 3: State.AVAILABLE}
+        assert wait_until(lambda: running.states() == expected), running.states()
+
+        images = constant_images([9], 32)
+        second = running.prediction.Predict(predict_request("cnn", images, version=2), timeout=10)
+        latest = running.prediction.Predict(predict_request("cnn", images), timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            running.prediction.Predict(predict_request("cnn", images, version=1), timeout=10)
+
+        assert second.model_spec.version.value == 2
+        assert latest.model_spec.version.value == 3
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    def test_specific_loads_listed_version_once_published(
+        self, model_repository, tmp_path, start_server
+    ) -> None:
+        config = single_model_config(tmp_path, "specific { versions: 3 }")
+        running = start_server(model_repository, model_config_file=config)
+        model_dir = model_repository / "cnn"
+        assert running.states() == {}
+
+        publish_version(model_dir, 2, MODEL_SIZES["cnn"])
+        publish_version(model_dir, 3, MODEL_SIZES["cnn"])
+
+        assert wait_until(lambda: running.states() == {3: State.AVAILABLE}), running.states()
+        response = running.prediction.Predict(
+            predict_request("cnn", constant_images([3], 32)), timeout=10
+        )
+        assert response.model_spec.version.value == 3
+
+    def test_deleted_version_folder_is_unloaded(
+        self, model_repository, tmp_path, start_server
+    ) -> None:
+        config = single_model_config(tmp_path, "all { }")
+        publish_version(model_repository / "cnn", 2, MODEL_SIZES["cnn"])
+        running = start_server(model_repository, model_config_file=config)
+        assert running.states() == {1: State.AVAILABLE, 2: State.AVAILABLE}
+
+        shutil.rmtree(model_repository / "cnn" / "2")
+
+        assert wait_until(lambda: running.states() == {1: State.AVAILABLE, 2: State.END})
+        response = running.prediction.Predict(
+            predict_request("cnn", constant_images([3], 32)), timeout=10
+        )
+        assert response.model_spec.version.value == 1
+
+    def test_folder_without_saved_model_is_ignored(
+        self, model_repository, start_server
+    ) -> None:
+        running = start_server(model_repository)
+        half_written = model_repository / "cnn" / "2"
+        (half_written / "variables").mkdir(parents=True)
+        (half_written / "variables" / "variables.index").write_bytes(b"partial")
+
+        time.sleep(5 * running.settings.serving_poll_seconds)
+
+        assert running.states() == {1: State.AVAILABLE}
+
+
+class TestLoadRetries:
+    def test_failed_load_is_retried_on_next_poll(
+        self, model_repository, tmp_path, start_server, caplog
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="serving.servable_manager")
+        running = start_server(model_repository, serving_poll_seconds=0.5)
+        # saved_model.pb is written before the variables, as a copy that does not rename
+        # into place would do, so the first load fails.
+        source = tmp_path / "complete"
+        save_mean_model(source, MODEL_SIZES["cnn"])
+        target = model_repository / "cnn" / "2"
+        target.mkdir()
+        shutil.copy(source / "saved_model.pb", target / "saved_model.pb")
+        assert wait_until(lambda: running.states().get(2) == State.END, timeout=20)
+
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+        assert wait_until(lambda: running.states() == {1: State.END, 2: State.AVAILABLE}, 20)
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("version 2 failed on attempt 1 of 6, retrying" in m for m in messages)
+        assert any("Model cnn version 2 is AVAILABLE" in m for m in messages)
+
+    def test_retries_are_bounded(self, model_repository, start_server, caplog) -> None:
+        caplog.set_level(logging.INFO, logger="serving.servable_manager")
+        running = start_server(model_repository, serving_load_retries=1)
+        broken = model_repository / "cnn" / "2"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+        def attempts() -> int:
+            return sum(
+                "Loading model cnn version 2 from" in record.getMessage()
+                for record in caplog.records
+            )
+
+        assert wait_until(lambda: attempts() == 2)
+        time.sleep(5 * running.settings.serving_poll_seconds)
+
+        assert attempts() == 2
+        assert any("giving up until the server restarts" in r.getMessage() for r in caplog.records)
+        assert running.states() == {1: State.AVAILABLE, 2: State.END}
+
+
+class TestWarmup:
+    def test_records_replayed_at_load(self, model_repository, start_server, caplog) -> None:
+        caplog.set_level(logging.INFO, logger="serving.servable_manager")
+        running = start_server(model_repository)
+
+        publish_version(model_repository / "cnn", 2, MODEL_SIZES["cnn"], warmup_batch_sizes=(1, 4))
+
+        assert wait_until(lambda: running.states().get(2) == State.AVAILABLE)
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("Replayed 2 warmup requests for model cnn version 2" in m for m in messages)
+
+    def test_failing_record_fails_load(self, model_repository, start_server) -> None:
+        running = start_server(model_repository, serving_load_retries=0)
+
+        # Warmup images of 48 pixels for a model that takes 32.
+        publish_version(
+            model_repository / "cnn", 2, MODEL_SIZES["cnn"], warmup_batch_sizes=(1,), warmup_size=48
+        )
+
+        def status() -> get_model_status_pb2.ModelVersionStatus | None:
+            response = running.model_service.GetModelStatus(status_request("cnn"), timeout=10)
+            return {s.version: s for s in response.model_version_status}.get(2)
+
+        assert wait_until(lambda: status() is not None and status().state == State.END)
+        assert "warmup request 0 failed with INVALID_ARGUMENT" in status().status.error_message
+        assert running.states() == {1: State.AVAILABLE, 2: State.END}
+
+
+class TestMessageLimit:
+    def test_request_over_limit_is_resource_exhausted(
+        self, model_repository, start_server
+    ) -> None:
+        limit = 4 * 1024 * 1024
+        running = start_server(model_repository, serving_max_message_bytes=limit)
+        images = np.zeros((5200, 32, 32, 1), np.uint8)  # 5.3 MB of pixels
+        request = predict_request("cnn", images)
+        assert request.ByteSize() > limit
+
+        with pytest.raises(grpc.RpcError) as raised:
+            running.prediction.Predict(request, timeout=10)
+
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(limit) in raised.value.details()
+
+
+class TestConcurrency:
+    def test_parallel_predicts_get_own_results(self, prediction) -> None:
+        values = list(range(0, 256, 4))
+
+        def score(value: int) -> tuple[int, float]:
+            images = constant_images([value] * 3, MODEL_SIZES["resnet50"])
+            response = prediction.Predict(predict_request("resnet50", images), timeout=20)
+            output = tf.make_ndarray(response.outputs["malignancy_probability"])
+            return response.model_spec.version.value, output[:, 0].tolist()
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(score, values))
+
+        for value, (version, probabilities) in zip(values, results):
+            assert version == 1
+            assert probabilities == [expected_probability(value)] * 3

@@ -52,11 +52,27 @@ def save_mean_model(
     tf.saved_model.save(model, str(version_dir), signatures={"serving_default": model.serve})
 
 
-def publish_version(model_dir: Path, version: int, size: int, **kwargs: object) -> Path:
-    """Write a version to ``.staging/`` and rename it into place, as the model repository does."""
+def publish_version(
+    model_dir: Path,
+    version: int,
+    size: int,
+    *,
+    warmup_batch_sizes: tuple[int, ...] = (),
+    warmup_size: int | None = None,
+    **kwargs: object,
+) -> Path:
+    """Write a version to ``.staging/`` and rename it into place, as the model repository does.
+
+    One warmup record of zeros is written per entry of ``warmup_batch_sizes``, at
+    ``warmup_size`` pixels (default ``size``). Other keyword arguments go to `save_mean_model`.
+    """
+    from models.export import write_warmup_requests
+
     staging = model_dir / ".staging" / str(version)
     staging.parent.mkdir(parents=True, exist_ok=True)
     save_mean_model(staging, size, **kwargs)
+    if warmup_batch_sizes:
+        write_warmup_requests(staging, warmup_size or size, model_dir.name, warmup_batch_sizes)
     target = model_dir / str(version)
     os.rename(staging, target)
     return target
