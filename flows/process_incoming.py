@@ -1,8 +1,8 @@
 """The main job: score every complete DICOM file in the incoming folder.
 
 Sequence of one run:
-1. check that every model is served and matches the signature contract (fail fast, before
-   any file is touched);
+1. check that every model is served and matches the signature contract, and that a sample
+   of every supported transfer syntax decodes (fail fast, before any file is touched);
 2. lock a work folder, reclaim files left by dead runs, wait until new files are complete and
    claim them by atomic rename;
 3. per batch: read, deduplicate and preprocess; score with the four models; ensemble; write
@@ -31,7 +31,14 @@ from mammo.texts import text
 from serving.client import ServedModel, ServingClient
 from tasks.ensemble import combine_scores
 from tasks.file_outcomes import apply_file_outcomes
-from tasks.intake import ClaimedFile, WorkFolder, iter_candidate_files, wait_until_complete
+from tasks.decoder_selftest import run_decoder_selftest
+from tasks.intake import (
+    ClaimedFile,
+    WorkFolder,
+    iter_candidate_files,
+    remove_empty_folders,
+    wait_until_complete,
+)
 from tasks.prepare import PreparedBatch, prepare_batch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
@@ -49,6 +56,14 @@ def check_served_models(client: ServingClient) -> dict[str, ServedModel]:
 
 
 @task(cache_policy=NO_CACHE)
+def check_pixel_decoders() -> int:
+    """Fail the run before any file moves unless every supported transfer syntax decodes."""
+    checks = run_decoder_selftest()
+    get_run_logger().info("Pixel data decoders work for %d transfer syntaxes", len(checks))
+    return len(checks)
+
+
+@task(cache_policy=NO_CACHE)
 def claim_incoming(settings: Settings, work: WorkFolder) -> tuple[list[ClaimedFile], int]:
     """Reclaim dead runs' files, then claim complete files; return them and the number
     still being written."""
@@ -60,6 +75,7 @@ def claim_incoming(settings: Settings, work: WorkFolder) -> tuple[list[ClaimedFi
         max_wait_seconds=settings.max_wait_seconds)
     claimed = [c for path in complete
                if (c := work.claim(settings.incoming_dir, path)) is not None]
+    remove_empty_folders(settings.incoming_dir, min_age_seconds=settings.stability_seconds)
     if pending:
         logger.warning("%d files are still being written and are left for the next run",
                        len(pending))
@@ -149,6 +165,7 @@ def process_incoming(
     try:
         with ServingClient(settings) as client, WorkFolder(settings.work_dir, run_id) as work:
             served = check_served_models(client)
+            check_pixel_decoders()
             image_size = max(max(m.input_height, m.input_width) for m in served.values())
             files, pending = claim_incoming(settings, work)
             counts["files_claimed"] = len(files)

@@ -7,6 +7,7 @@
     mammo models wait                  wait until the model server serves every model
     mammo serve-models                 run the local TF-Serving-compatible gRPC server
     mammo samples copy                 copy the CBIS-DDSM sample mammograms into incoming/
+    mammo selftest                     decode a sample of every supported transfer syntax
     mammo process                      run the process_incoming flow once
     mammo serve                        serve the deployments on their schedules
     mammo results                      print results or the quarantine log
@@ -194,6 +195,17 @@ def cmd_samples_copy(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- selftest ----------------------------------------------------------------------------
+def cmd_selftest(settings: Settings, args: argparse.Namespace) -> int:
+    from tasks.decoder_selftest import run_decoder_selftest
+
+    checks = run_decoder_selftest()
+    for check in checks:
+        print(f"{check.transfer_syntax:<24} {check.transfer_syntax.name}")
+    print(text("cli.selftest_passed", settings.language, count=len(checks)))
+    return 0
+
+
 # --- flows -------------------------------------------------------------------------------
 def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
     from flows.process_incoming import process_incoming
@@ -348,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "folder")
     copy.add_argument("--to", help="target folder; default the incoming folder")
     copy.set_defaults(handler=cmd_samples_copy)
+
+    commands.add_parser("selftest", help="decode a sample image of every supported transfer "
+                        "syntax; exit status 1 names each syntax that fails") \
+        .set_defaults(handler=cmd_selftest)
 
     process = commands.add_parser("process", help="run process_incoming once")
     process.add_argument("--batch-size", type=int, default=None,

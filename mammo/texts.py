@@ -76,6 +76,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Model server at {address} is not ready after {seconds:.0f} s: {error}",
         "tr": "{address} adresindeki model sunucusu {seconds:.0f} sn sonra hazır değil: {error}",
     },
+    "cli.selftest_passed": {
+        "en": "Pixel data self-test passed: all {count} transfer syntaxes decode.",
+        "tr": "Piksel verisi öz testi başarılı: {count} aktarım sözdiziminin tümü çözülüyor.",
+    },
     "cli.error": {
         "en": "Error: {error}",
         "tr": "Hata: {error}",
