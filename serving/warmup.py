@@ -49,7 +49,7 @@ class WarmupResult:
 def read_warmup_records(version_dir: Path) -> list[prediction_log_pb2.PredictionLog]:
     """Return the PredictionLog records of ``version_dir``, or [] when it has no warmup file.
 
-    Raises WarmupError for a file that is not a TFRecord of PredictionLog messages or holds
+    Raises WarmupError for a file that is not a TFRecord of PredictionLog messages or contains
     more than `MAX_WARMUP_RECORDS` records.
     """
     path = Path(version_dir) / WARMUP_FILE
