@@ -80,6 +80,84 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Pixel data self-test passed: all {count} transfer syntaxes decode.",
         "tr": "Piksel verisi öz testi başarılı: {count} aktarım sözdiziminin tümü çözülüyor.",
     },
+    "cli.labels_imported": {
+        "en": "Labels from {file}: {added} added, {updated} updated, {unchanged} unchanged, "
+              "{rejected} rejected; {unmatched} match no archived instance yet.",
+        "tr": "{file} etiketleri: {added} eklendi, {updated} güncellendi, {unchanged} "
+              "değişmedi, {rejected} reddedildi; {unmatched} tanesi henüz arşivdeki bir "
+              "görüntüyle eşleşmiyor.",
+    },
+    "cli.labels_checked": {
+        "en": "Checked {file} without writing: {valid} valid rows, {rejected} rejected.",
+        "tr": "{file} yazılmadan denetlendi: {valid} geçerli satır, {rejected} reddedildi.",
+    },
+    "cli.label_rejected": {
+        "en": "Line {line} rejected: {reason}",
+        "tr": "Satır {line} reddedildi: {reason}",
+    },
+    "retrain.title": {
+        "en": "Retraining report",
+        "tr": "Yeniden eğitim raporu",
+    },
+    "retrain.data": {
+        "en": "Run {run_id}: {training} labelled instances for training and {validation} "
+              "held out for validation, split by patient.",
+        "tr": "Çalıştırma {run_id}: eğitim için {training} etiketli görüntü, doğrulama "
+              "için {validation} ayrılmış görüntü; ayrım hastaya göre yapıldı.",
+    },
+    "retrain.dry_run": {
+        "en": "Dry run: no version was published and the ensemble was not changed.",
+        "tr": "Deneme çalıştırması: hiçbir sürüm yayımlanmadı ve topluluk değiştirilmedi.",
+    },
+    "retrain.skipped": {
+        "en": "Retraining skipped: {new} labels imported since the last completed run, "
+              "{minimum} needed.",
+        "tr": "Yeniden eğitim atlandı: son tamamlanan çalıştırmadan bu yana {new} etiket "
+              "içe aktarıldı, {minimum} gerekiyor.",
+    },
+    "retrain.reason_not_worse": {
+        "en": "candidate AUC {candidate:.3f} is at most {margin:.3f} below the served "
+              "version's {current:.3f}",
+        "tr": "aday modelin AUC değeri {candidate:.3f}, sunulan sürümün {current:.3f} "
+              "değerinden en fazla {margin:.3f} düşük",
+    },
+    "retrain.reason_worse": {
+        "en": "candidate AUC {candidate:.3f} is more than {margin:.3f} below the served "
+              "version's {current:.3f}",
+        "tr": "aday modelin AUC değeri {candidate:.3f}, sunulan sürümün {current:.3f} "
+              "değerinden {margin:.3f} fazlasıyla düşük",
+    },
+    "retrain.decision_promoted": {
+        "en": "{model}: promoted as version {version} (fine-tuned from version {base}); "
+              "{reason}.",
+        "tr": "{model}: sürüm {version} olarak yayımlandı (sürüm {base} üzerinden ince "
+              "ayar yapıldı); {reason}.",
+    },
+    "retrain.decision_rejected": {
+        "en": "{model}: candidate rejected, version {base} stays in service; {reason}.",
+        "tr": "{model}: aday reddedildi, sürüm {base} hizmette kalıyor; {reason}.",
+    },
+    "retrain.decision_dry_run": {
+        "en": "{model}: candidate from version {base} not published (dry run); {reason}.",
+        "tr": "{model}: sürüm {base} üzerinden eğitilen aday yayımlanmadı (deneme "
+              "çalıştırması); {reason}.",
+    },
+    "retrain.roc_curve": {
+        "en": "ROC curve: `{path}`",
+        "tr": "ROC eğrisi: `{path}`",
+    },
+    "retrain.ensemble": {
+        "en": "Ensemble of {versions}: weights {weights}; threshold {threshold:.3f} for a "
+              "sensitivity of {percent}% on the held-out cases; AUC {auc:.3f}.",
+        "tr": "{versions} topluluğu: ağırlıklar {weights}; ayrılmış vakalarda "
+              "%{percent} duyarlılık için eşik {threshold:.3f}; AUC {auc:.3f}.",
+    },
+    "retrain.table_description": {
+        "en": "Validation metrics per model: AUC with its 95% bootstrap confidence "
+              "interval, and sensitivity / specificity at a threshold.",
+        "tr": "Model başına doğrulama ölçütleri: %95 bootstrap güven aralığıyla AUC, ve "
+              "bir eşikte duyarlılık / özgüllük.",
+    },
     "cli.error": {
         "en": "Error: {error}",
         "tr": "Hata: {error}",
