@@ -237,7 +237,7 @@ class ModelCandidate(Base):
     """A model version trained by a retraining run, its held-out metrics and the decision.
 
     ``decision`` is promoted (published as ``published_version``), rejected (worse than
-    ``base_version`` by more than the margin) or dry_run. ``metrics`` holds the candidate's
+    ``base_version`` by more than the margin) or dry_run. ``metrics`` contains the candidate's
     and the base version's metrics on the same held-out instances.
     """
 
