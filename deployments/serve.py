@@ -8,17 +8,49 @@ claim. For a Prefect server with work pools and workers, use ``deployments/prefe
 from __future__ import annotations
 
 import datetime as dt
+import os
 
+from mammo.errors import ConfigurationError
 from mammo.settings import Settings
 
 PROCESS_DEPLOYMENT = "process-incoming"
 
 
-def serve_deployments(settings: Settings) -> None:
-    """Serve every deployment until interrupted."""
+def serve_deployments(settings: Settings, *, with_server: bool = False,
+                      server_port: int = 4200) -> None:
+    """Serve every deployment until interrupted.
+
+    With ``with_server``, a local Prefect server is started first (see
+    `deployments.prefect_server`) and stopped afterwards; otherwise ``PREFECT_API_URL`` must
+    name a running Prefect server, because Prefect's temporary API runs no scheduler.
+    """
+    if not with_server:
+        _serve(settings)
+        return
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.prefect_server import local_prefect_server
+
+    log_file = settings.data_dir / "prefect-server.log"
+    with local_prefect_server(server_port, log_file=log_file) as api_url:
+        # Scheduled runs execute in subprocesses, which read the API URL from the environment.
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     from prefect import serve
+    from prefect.settings import PREFECT_API_URL
 
     from flows.process_incoming import process_incoming
+
+    if not PREFECT_API_URL.value():
+        raise ConfigurationError(
+            "no Prefect server is configured, and Prefect's temporary API runs no scheduler, "
+            "so scheduled runs would never start; run `mammo serve --with-server`, or start "
+            "`prefect server start` and set PREFECT_API_URL")
 
     process = process_incoming.to_deployment(
         name=PROCESS_DEPLOYMENT,

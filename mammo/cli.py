@@ -218,7 +218,7 @@ def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from deployments.serve import serve_deployments
 
-    serve_deployments(settings)
+    serve_deployments(settings, with_server=args.with_server, server_port=args.server_port)
     return 0
 
 
@@ -370,8 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instances per batch; default MAMMO_BATCH_SIZE")
     process.set_defaults(handler=cmd_process)
 
-    commands.add_parser("serve", help="serve the Prefect deployments on their schedules") \
-        .set_defaults(handler=cmd_serve)
+    serve = commands.add_parser("serve", help="serve the Prefect deployments on their "
+                                "schedules")
+    serve.add_argument("--with-server", action="store_true",
+                       help="start a local Prefect server on 127.0.0.1 first; without it, "
+                       "PREFECT_API_URL must name a running Prefect server")
+    serve.add_argument("--server-port", type=int, default=4200,
+                       help="port of the local Prefect server and its UI (default 4200)")
+    serve.set_defaults(handler=cmd_serve)
 
     results = commands.add_parser("results", help="print second-opinion results")
     results.add_argument("--level", choices=("instance", "breast", "study"),
