@@ -1,9 +1,11 @@
 """gRPC client of TF Serving (or the local model server) that scores canonical images.
 
 One `ServingClient` opens one channel with the message limits from settings. Every call has
-a deadline of ``serving_timeout_seconds``. Calls that fail with UNAVAILABLE or
-DEADLINE_EXCEEDED are retried ``serving_retries`` times, after ``serving_retry_backoff_seconds``
-and then twice as long on each retry. Other failures are not retried.
+a deadline of ``serving_timeout_seconds``. A batch is split so that each request stays under
+the message limit and contains at most ``serving_max_images_per_request`` images. Calls that
+fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried ``serving_retries`` times, after
+``serving_retry_backoff_seconds`` and then twice as long on each retry. Other failures are
+not retried.
 
 `ServingClient.check_models` fails fast, naming the model, when a model is not AVAILABLE or its
 signature breaks the contract in `serving.signature_contract`. `ServingClient.score` calls the
@@ -250,10 +252,11 @@ class ServingClient:
             ) from missing
 
     def _score_model(self, model: ServedModel, images: np.ndarray) -> ModelScores:
-        per_request = max_images_per_request(
+        fitting = max_images_per_request(
             model.input_height, model.input_width, self._max_message_bytes
         )
-        if per_request == 0:
+        per_request = min(fitting, self._settings.serving_max_images_per_request)
+        if fitting == 0:
             raise ConfigurationError(
                 f"one {model.input_height}x{model.input_width} image for model {model.name!r} "
                 f"does not fit in a gRPC message of {self._max_message_bytes} bytes. Raise "
@@ -270,8 +273,8 @@ class ServingClient:
         if len(versions) > 1:
             raise ModelServingError(
                 f"model {model.name!r} returned versions {sorted(versions)} within one scoring "
-                "call, probably because a new version was loaded meanwhile. Score the images "
-                "again"
+                f"call, although every request named version {model.version}. The server "
+                "does not honour model_spec.version"
             )
         result = np.concatenate(probabilities).astype(np.float64)
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from mammo.errors import ConfigurationError, ModelContractError, ModelServingError
 from serving.client import ServingClient
 from serving.local_server import LocalModelServer, ModelServicer, PredictionServicer
 from serving.model_config import load_model_sources
 from serving.servable_manager import ServableManager
+from tests.serving.certificates import TlsFiles, make_tls_files
 from tests.serving.tiny_models import (
     CANONICAL_SIZE,
     MODEL_SIZES,
@@ -144,11 +150,13 @@ class TestScore:
         server = LocalModelServer(settings, port=0)
         port = server.start()
         try:
-            # The client allows 64 MiB, so it sends all 40 images in one request of 10.5 MB.
+            # The client allows 64 MiB and 40 images per request, so it sends all 40 images
+            # in one request of 10.5 MB.
             client_settings = settings.model_copy(
                 update={
                     "serving_address": f"127.0.0.1:{port}",
                     "serving_max_message_bytes": 64 * 1024 * 1024,
+                    "serving_max_images_per_request": 40,
                 }
             )
             with ServingClient(client_settings) as client:
@@ -286,3 +294,198 @@ class TestRetries:
 
         assert len(caplog.records) == 2
         assert all("UNAVAILABLE" in record.getMessage() for record in caplog.records)
+
+
+def start_local_server(settings, **server_options) -> tuple[LocalModelServer, object]:
+    """Start a server on ``settings`` and return it with client settings pointing at it."""
+    server = LocalModelServer(settings, port=0, **server_options)
+    port = server.start()
+    return server, settings.model_copy(update={"serving_address": f"127.0.0.1:{port}"})
+
+
+def wait_for_states(settings, name: str, expected: dict[int, str], timeout: float = 20.0) -> None:
+    """Wait until GetModelStatus of ``name`` reports exactly ``expected`` (version: state)."""
+    with grpc.insecure_channel(settings.serving_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        deadline = time.monotonic() + timeout
+        states: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            response = stub.GetModelStatus(request, timeout=10)
+            states = {
+                status.version: get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
+                for status in response.model_version_status
+            }
+            if states == expected:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"model {name} states {states}, expected {expected}")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+class TestServedVersionChanges:
+    def test_unloaded_version_is_resolved_again(self, tmp_path: Path, caplog) -> None:
+        repository = single_model_repository(tmp_path, "cnn", 32)
+        settings = make_settings(repository, model_names=("cnn",))
+        server, client_settings = start_local_server(settings)
+        caplog.set_level(logging.INFO, logger="serving.client")
+        try:
+            with ServingClient(client_settings) as client:
+                assert client.check_models()["cnn"].version == 1
+                # Version 2 takes 48-pixel images and scores mean / 1 instead of mean / 255.
+                publish_version(repository / "cnn", 2, 48, divisor=1.0)
+                wait_for_states(client_settings, "cnn", {1: "END", 2: "AVAILABLE"})
+
+                scores = client.score(constant_images([7, 200]))
+                again = client.score(constant_images([9]))
+        finally:
+            server.stop(0)
+
+        assert scores["cnn"].version == 2
+        assert scores["cnn"].probabilities.tolist() == [7.0, 200.0]
+        assert again["cnn"].version == 2
+        messages = [record.getMessage() for record in caplog.records]
+        assert any(
+            "Model cnn version 1 is no longer served" in message
+            and "Scoring again with version 2, input 48x48" in message
+            for message in messages
+        )
+        assert sum("is no longer served" in message for message in messages) == 1
+
+    def test_requests_name_checked_version(self, tmp_path: Path) -> None:
+        repository = single_model_repository(tmp_path, "cnn", 32)
+        config = tmp_path / "all.config"
+        config.write_text(
+            'model_config_list { config { name: "cnn" base_path: "/models/cnn" '
+            'model_platform: "tensorflow" model_version_policy { all { } } } }'
+        )
+        settings = make_settings(repository, model_names=("cnn",), model_config_file=config)
+        server, client_settings = start_local_server(settings)
+        try:
+            with ServingClient(client_settings) as client:
+                client.check_models()
+                publish_version(repository / "cnn", 2, 32, divisor=1.0)
+                wait_for_states(client_settings, "cnn", {1: "AVAILABLE", 2: "AVAILABLE"})
+
+                before_check = client.score(constant_images([51]))
+                client.check_models()
+                after_check = client.score(constant_images([51]))
+        finally:
+            server.stop(0)
+
+        assert before_check["cnn"].version == 1
+        assert before_check["cnn"].probabilities.tolist() == [expected_probability(51)]
+        assert after_check["cnn"].version == 2
+        assert after_check["cnn"].probabilities.tolist() == [51.0]
+
+
+class TestRequestSplitting:
+    def test_max_images_per_request(self, tmp_path: Path) -> None:
+        repository = single_model_repository(tmp_path, "cnn", 32)
+        settings = make_settings(
+            repository, model_names=("cnn",), serving_max_images_per_request=4
+        )
+        server, client_settings = start_local_server(settings)
+        sizes: list[int] = []
+        original_predict = ServingClient._predict
+
+        def recording_predict(client, model, batch):
+            sizes.append(len(batch))
+            return original_predict(client, model, batch)
+
+        values = list(range(10))
+        try:
+            with ServingClient(client_settings) as client:
+                client._predict = recording_predict.__get__(client)
+                scores = client.score(constant_images(values))
+        finally:
+            server.stop(0)
+
+        assert sizes == [4, 4, 2]
+        assert scores["cnn"].probabilities.tolist() == [expected_probability(v) for v in values]
+
+
+class TestTls:
+    def test_server_authenticated_channel(self, model_repository: Path, tls_files) -> None:
+        settings = make_settings(model_repository)
+        credentials = grpc.ssl_server_credentials(
+            [(tls_files.server_key.read_bytes(), tls_files.server_cert.read_bytes())]
+        )
+        server, client_settings = start_local_server(settings, server_credentials=credentials)
+        tls_settings = client_settings.model_copy(
+            update={"serving_tls_ca_file": tls_files.ca_cert}
+        )
+        try:
+            with ServingClient(tls_settings) as client:
+                scores = client.score(constant_images([25]))
+        finally:
+            server.stop(0)
+
+        assert scores["vgg19"].probabilities.tolist() == [expected_probability(25)]
+
+    def test_mutual_tls_channel(self, model_repository: Path, tls_files) -> None:
+        settings = make_settings(model_repository)
+        credentials = grpc.ssl_server_credentials(
+            [(tls_files.server_key.read_bytes(), tls_files.server_cert.read_bytes())],
+            root_certificates=tls_files.ca_cert.read_bytes(),
+            require_client_auth=True,
+        )
+        server, client_settings = start_local_server(settings, server_credentials=credentials)
+        mutual = client_settings.model_copy(
+            update={
+                "serving_tls_ca_file": tls_files.ca_cert,
+                "serving_tls_cert_file": tls_files.client_cert,
+                "serving_tls_key_file": tls_files.client_key,
+            }
+        )
+        server_only = client_settings.model_copy(
+            update={"serving_tls_ca_file": tls_files.ca_cert, "serving_retries": 0}
+        )
+        try:
+            with ServingClient(mutual) as client:
+                served = client.check_models()
+            with ServingClient(server_only) as client:
+                with pytest.raises(ModelServingError, match="UNAVAILABLE"):
+                    client.check_models()
+        finally:
+            server.stop(0)
+
+        assert set(served) == set(MODEL_SIZES)
+
+    def test_unknown_ca_is_rejected(self, model_repository: Path, tls_files, tmp_path) -> None:
+        other_ca = make_tls_files(tmp_path / "other", ca_name="another CA")
+        settings = make_settings(model_repository)
+        credentials = grpc.ssl_server_credentials(
+            [(tls_files.server_key.read_bytes(), tls_files.server_cert.read_bytes())]
+        )
+        server, client_settings = start_local_server(settings, server_credentials=credentials)
+        untrusting = client_settings.model_copy(
+            update={"serving_tls_ca_file": other_ca.ca_cert, "serving_retries": 0}
+        )
+        try:
+            with ServingClient(untrusting) as client:
+                with pytest.raises(ModelServingError, match="UNAVAILABLE"):
+                    client.check_models()
+        finally:
+            server.stop(0)
+
+    def test_missing_ca_file_raises(self, model_repository: Path, tmp_path: Path) -> None:
+        settings = make_settings(
+            model_repository, serving_tls_ca_file=tmp_path / "missing.pem"
+        )
+
+        with pytest.raises(ConfigurationError, match="cannot read serving_tls_ca_file"):
+            ServingClient(settings)
+
+    def test_cert_without_key_raises(self, model_repository: Path, tls_files) -> None:
+        with pytest.raises(ValueError, match="must be set together"):
+            make_settings(
+                model_repository,
+                serving_tls_ca_file=tls_files.ca_cert,
+                serving_tls_cert_file=tls_files.client_cert,
+            )
