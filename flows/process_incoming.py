@@ -6,7 +6,9 @@ Sequence of one run:
 2. lock a work folder, reclaim files left by dead runs, wait until new files are complete and
    claim them by atomic rename;
 3. per batch: read, deduplicate and preprocess; score with the four models; ensemble; write
-   all outcomes in one transaction; then archive, quarantine or delete the files;
+   all outcomes in one transaction; then archive, quarantine or delete the files. The
+   ensemble uses the weights and threshold that the retraining flow stored for the served
+   versions, or the settings' when it stored none;
 4. record the run and publish a summary artifact.
 
 A scoring failure after the client's retries fails the run and leaves the batch's files in
@@ -15,6 +17,7 @@ the work folder, where the next run reclaims them: nothing is quarantined for a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +29,7 @@ from pydantic import Field
 
 from db import writes
 from db.engine import make_engine, make_session_factory
+from db.retraining import ensemble_configuration_for
 from mammo.settings import Settings
 from mammo.texts import text
 from serving.client import ServedModel, ServingClient
@@ -43,6 +47,16 @@ from tasks.prepare import PreparedBatch, prepare_batch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
 from tasks.score_checks import reject_invalid_scores
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """Weights and threshold of the ensemble for one run, and where they came from."""
+
+    weights: dict[str, float]
+    threshold: float
+    #: The retraining flow run that stored them, or "settings".
+    source: str
 
 
 @task(cache_policy=NO_CACHE)
@@ -116,15 +130,40 @@ def score(client: ServingClient, batch: PreparedBatch) -> dict[str, ModelRun]:
 
 
 @task(cache_policy=NO_CACHE)
+def choose_ensemble_settings(settings: Settings, session_factory,
+                             served: dict[str, ServedModel]) -> EnsembleSettings:
+    """Return the weights and threshold stored for the served versions, else the settings.
+
+    The retraining flow stores them for one exact set of versions. A model server that
+    serves another set (for example while it loads a newly published version) gets the
+    ``MAMMO_ENSEMBLE_WEIGHTS`` and ``MAMMO_OPERATING_THRESHOLD`` settings.
+    """
+    versions = ",".join(f"{name}:{served[name].version}" for name in settings.model_names
+                        if name in served)
+    with session_factory() as session:
+        stored = ensemble_configuration_for(session, versions)
+    if stored is not None:
+        get_run_logger().info("Ensemble weights and threshold %.4f from retraining run %s "
+                              "for %s", stored.threshold, stored.flow_run_id, versions)
+        return EnsembleSettings(weights=dict(stored.weights), threshold=stored.threshold,
+                                source=stored.flow_run_id)
+    get_run_logger().info("No stored ensemble for %s; using the weights and threshold of "
+                          "the settings", versions)
+    return EnsembleSettings(
+        weights={name: settings.ensemble_weight(name) for name in served},
+        threshold=settings.operating_threshold, source="settings")
+
+
+@task(cache_policy=NO_CACHE)
 def record(settings: Settings, session_factory, batch: PreparedBatch,
-           model_runs: dict[str, ModelRun], run_id: str) -> None:
+           model_runs: dict[str, ModelRun], run_id: str,
+           ensemble_settings: EnsembleSettings) -> None:
     """Combine the scores and write the batch's outcomes in one transaction."""
     ensemble = []
     if batch.to_score:
         ensemble = combine_scores(
             {name: run.probabilities for name, run in model_runs.items()},
-            {name: settings.ensemble_weight(name) for name in model_runs},
-            settings.operating_threshold)
+            ensemble_settings.weights, ensemble_settings.threshold)
     writes.run_in_transaction(session_factory, lambda session: record_batch(
         session, batch, model_runs=model_runs, ensemble=ensemble, flow_run_id=run_id,
         preprocessing_version=PREPROCESSING_VERSION, archive_dir=settings.archive_dir,
@@ -165,6 +204,7 @@ def process_incoming(
     try:
         with ServingClient(settings) as client, WorkFolder(settings.work_dir, run_id) as work:
             served = check_served_models(client)
+            ensemble_settings = choose_ensemble_settings(settings, session_factory, served)
             check_pixel_decoders()
             image_size = max(max(m.input_height, m.input_width) for m in served.values())
             files, pending = claim_incoming(settings, work)
@@ -177,7 +217,8 @@ def process_incoming(
                 batch = prepare(settings, chunk, image_size, quote(seen_in_run),
                                 session_factory)
                 model_runs = score(client, quote(batch))
-                record(settings, session_factory, quote(batch), model_runs, run_id)
+                record(settings, session_factory, quote(batch), model_runs, run_id,
+                       ensemble_settings)
                 move_files(settings, quote(batch))
                 counts["scored"] += len(batch.to_score)
                 counts["duplicates"] += len(batch.duplicates)
