@@ -19,6 +19,8 @@ from models.export import (
     restore_exported_weights,
     write_warmup_requests,
 )
+from serving.servable_manager import load_servable, read_signature_defs
+from serving.warmup import replay_warmup_records
 
 TEST_INPUT_SIZE = 32
 
@@ -85,6 +87,35 @@ def test_warmup_record_is_prediction_log(cnn_export: Path):
     image = tf.make_ndarray(request.inputs["image"])
     assert image.dtype == np.uint8
     assert image.shape == (1, TEST_INPUT_SIZE, TEST_INPUT_SIZE, 1)
+
+
+def test_warmup_records_match_signature(cnn_export: Path, tmp_path: Path):
+    export_dir = shutil.copytree(cnn_export, tmp_path / "export")
+    write_warmup_requests(export_dir, TEST_INPUT_SIZE, "cnn", batch_sizes=(1, 3))
+    signature = read_signature_defs(export_dir)["serving_default"]
+
+    records = list(tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE)).as_numpy_iterator())
+
+    assert len(records) == 2
+    for record in records:
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        assert set(request.inputs) == set(signature.inputs)
+        for name, tensor in request.inputs.items():
+            expected = signature.inputs[name]
+            assert tensor.dtype == expected.dtype
+            shape = [dim.size for dim in tensor.tensor_shape.dim]
+            expected_shape = [dim.size for dim in expected.tensor_shape.dim]
+            assert len(shape) == len(expected_shape)
+            for size, expected_size in zip(shape, expected_shape):
+                assert expected_size in (-1, size), f"shape {shape} vs {expected_shape}"
+
+
+def test_warmup_replays_in_local_server(cnn_export: Path):
+    servable = load_servable("cnn", 1, cnn_export)
+
+    result = replay_warmup_records(servable)
+
+    assert result.requests == 1
 
 
 def test_warmup_one_record_per_batch_size(tmp_path: Path):
