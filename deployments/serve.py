@@ -2,7 +2,9 @@
 
 `process_incoming` runs on an interval schedule with a concurrency limit of one. A slow run
 is never overlapped by the next scheduled one; late runs wait and then find nothing left to
-claim. For a Prefect server with work pools and workers, use ``deployments/prefect.yaml``.
+claim. `retrain_models` runs on the weekly cron schedule of ``MAMMO_RETRAIN_CRON``, also one
+run at a time. For a Prefect server with work pools and workers, use
+``deployments/prefect.yaml``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from mammo.errors import ConfigurationError
 from mammo.settings import Settings
 
 PROCESS_DEPLOYMENT = "process-incoming"
+RETRAIN_DEPLOYMENT = "retrain-models"
 
 
 def serve_deployments(settings: Settings, *, with_server: bool = False,
@@ -59,4 +62,24 @@ def _serve(settings: Settings) -> None:
         description="Score the complete DICOM files in the incoming folder.",
         tags=["mammography", "second-opinion"],
     )
-    serve(process)
+    serve(process, retrain_deployment(settings))
+
+
+def retrain_deployment(settings: Settings):
+    """Return the retrain_models deployment on its weekly cron schedule, one run at a time.
+
+    Its parameters are the defaults of `RetrainParameters`; an operator changes them for one
+    run in the Prefect UI's form.
+    """
+    from prefect.schedules import Cron
+
+    from flows.retrain_models import retrain_models
+
+    return retrain_models.to_deployment(
+        name=RETRAIN_DEPLOYMENT,
+        schedule=Cron(settings.retrain_cron, timezone=settings.retrain_timezone),
+        concurrency_limit=1,
+        description="Fine-tune the models on newly labelled cases and promote those that "
+        "are not worse on held-out cases.",
+        tags=["mammography", "retraining"],
+    )
