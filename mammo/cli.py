@@ -8,7 +8,9 @@
     mammo serve-models                 run the local TF-Serving-compatible gRPC server
     mammo samples copy                 copy the CBIS-DDSM sample mammograms into incoming/
     mammo selftest                     decode a sample of every supported transfer syntax
+    mammo labels import FILE.csv       import confirmed labels (biopsy, follow-up)
     mammo process                      run the process_incoming flow once
+    mammo retrain                      run the retrain_models flow once
     mammo serve                        serve the deployments on their schedules
     mammo results                      print results or the quarantine log
 
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mammo.errors import MammoError
-from mammo.settings import Settings
+from mammo.settings import MODEL_NAMES, Settings
 from mammo.texts import text
 
 logger = logging.getLogger("mammo.cli")
@@ -206,6 +208,37 @@ def cmd_selftest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- labels ------------------------------------------------------------------------------
+def cmd_labels_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate every row, store the valid ones, and list the rejected ones by line."""
+    from db.labels import LabelFileError, import_labels, read_label_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise MammoError(f"label file {path} not found")
+    try:
+        rows, rejected = read_label_file(path)
+    except LabelFileError as error:
+        raise MammoError(str(error)) from error
+
+    if args.check:
+        result_text = text("cli.labels_checked", settings.language, file=path,
+                           valid=len(rows), rejected=len(rejected))
+    else:
+        with _session_factory(settings).begin() as session:
+            result = import_labels(session, rows)
+        rejected = sorted(rejected + result.rejected, key=lambda item: item.line)
+        result_text = text("cli.labels_imported", settings.language, file=path,
+                           added=result.added, updated=result.updated,
+                           unchanged=result.unchanged, rejected=len(rejected),
+                           unmatched=result.unmatched)
+    for item in rejected:
+        print(text("cli.label_rejected", settings.language, line=item.line,
+                   reason=item.reason), file=sys.stderr)
+    print(result_text)
+    return 1 if rejected else 0
+
+
 # --- flows -------------------------------------------------------------------------------
 def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
     from flows.process_incoming import process_incoming
@@ -213,6 +246,46 @@ def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
     result = process_incoming(batch_size=args.batch_size)
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from flows.retrain_parameters import RetrainParameters
+
+    given = {name: getattr(args, name) for name in RetrainParameters.model_fields
+             if getattr(args, name, None) is not None}
+    try:
+        parameters = RetrainParameters(**given)
+    except ValidationError as error:
+        print(f"Invalid retraining parameters: {error}", file=sys.stderr)
+        return 2
+
+    from flows.retrain_models import retrain_models
+
+    result = retrain_models(parameters=parameters)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _add_retrain_options(parser: argparse.ArgumentParser) -> None:
+    """Add one option per `RetrainParameters` field, so the command and the UI form agree."""
+    from flows.retrain_parameters import RetrainParameters
+
+    for name, field in RetrainParameters.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        if name == "models":
+            parser.add_argument("--model", dest="models", action="append",
+                                choices=MODEL_NAMES, default=None,
+                                help=f"{field.description} Repeat for several models; "
+                                "default all.")
+        elif field.annotation is bool:
+            parser.add_argument(option, dest=name, action="store_true", default=None,
+                                help=field.description)
+        else:
+            number_type = float if field.annotation is float else int
+            parser.add_argument(option, dest=name, type=number_type, default=None,
+                                help=f"{field.description} Default {field.default}.")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -365,10 +438,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "syntax; exit status 1 names each syntax that fails") \
         .set_defaults(handler=cmd_selftest)
 
+    labels = commands.add_parser("labels", help="confirmed labels for retraining") \
+        .add_subparsers(dest="labels_command", required=True)
+    label_import = labels.add_parser(
+        "import", help="import a CSV of labels: SOPInstanceUID, or StudyInstanceUID with "
+        "laterality; label (malignant, benign, normal); source; date (YYYY-MM-DD). Valid rows "
+        "are stored; the exit status is 1 when any row is rejected")
+    label_import.add_argument("file", help="CSV file, UTF-8, comma or semicolon separated")
+    label_import.add_argument("--check", action="store_true",
+                              help="validate the rows and write nothing")
+    label_import.set_defaults(handler=cmd_labels_import)
+
     process = commands.add_parser("process", help="run process_incoming once")
     process.add_argument("--batch-size", type=int, default=None,
                          help="instances per batch; default MAMMO_BATCH_SIZE")
     process.set_defaults(handler=cmd_process)
+
+    retrain = commands.add_parser("retrain", help="run the retrain_models flow once with "
+                                  "the given parameters")
+    _add_retrain_options(retrain)
+    retrain.set_defaults(handler=cmd_retrain)
 
     serve = commands.add_parser("serve", help="serve the Prefect deployments on their "
                                 "schedules")

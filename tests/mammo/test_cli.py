@@ -30,7 +30,7 @@ def _write_exam(data_dir):
 class TestDbInit:
     def test_creates_database_and_prints_revision(self, data_dir, capsys):
         assert main(["db", "init"]) == 0
-        assert "schema revision 0002" in capsys.readouterr().out
+        assert "schema revision 0003" in capsys.readouterr().out
         assert (data_dir / "mammo.db").exists()
 
     def test_turkish_message(self, data_dir, capsys, monkeypatch):
