@@ -183,39 +183,78 @@ class WorkFolder:
         """Move files out of work folders whose run has died into this one.
 
         A folder is orphaned when its lock can be taken, because a live run holds its lock
-        until it exits. Claim ids stay in the names, so recorded outcomes are found again.
+        until it exits. This run holds a dead folder's lock while it empties the folder, so
+        runs that start together never reclaim from the same folder at once; a file that
+        vanishes meanwhile was taken by a run that came first. Hidden staging folders of
+        runs that died while entering are reclaimed too. Claim ids stay in the names, so
+        recorded outcomes are found again.
         """
         reclaimed: list[ClaimedFile] = []
         for folder in sorted(self.work_root.iterdir()):
-            if folder == self.path or not folder.is_dir() or folder.name.startswith("."):
+            if folder == self.path:
                 continue
-            if not _is_orphaned(folder):
+            try:
+                if not _is_folder(folder):
+                    continue
+            except FileNotFoundError:
+                continue  # removed meanwhile by the run that reclaimed it or that ended
+            lock_fd = _lock_if_orphaned(folder)
+            if lock_fd is None:
                 continue
-            for path in sorted(folder.iterdir()):
-                # Hidden names are the dead run's own temporary files.
-                if path.name.startswith(".") or _is_folder(path):
+            try:
+                moved = self._move_files_from(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                if lock_fd != NO_LOCK_FILE:
+                    os.close(lock_fd)
+            if moved:
+                logger.info("Reclaimed %d files from dead run %s", len(moved), folder.name)
+            reclaimed.extend(moved)
+        return reclaimed
+
+    def _move_files_from(self, folder: Path) -> list[ClaimedFile]:
+        moved: list[ClaimedFile] = []
+        try:
+            entries = sorted(folder.iterdir())
+        except FileNotFoundError:
+            return moved  # removed by another run that reclaimed it first
+        for path in entries:
+            # Hidden names are the dead run's own temporary files.
+            if path.name.startswith("."):
+                continue
+            try:
+                if _is_folder(path):
                     continue
                 target = self.path / path.name
                 os.replace(path, target)
-                reclaimed.append(ClaimedFile.from_work_path(target))
-            shutil.rmtree(folder, ignore_errors=True)
-            logger.info("Reclaimed %d files from dead run %s", len(reclaimed), folder.name)
-        return reclaimed
+            except FileNotFoundError:
+                continue  # reclaimed by another run
+            moved.append(ClaimedFile.from_work_path(target))
+        return moved
 
 
-def _is_orphaned(folder: Path) -> bool:
-    lock_path = folder / LOCK_FILE
+#: Returned by `_lock_if_orphaned` for a run folder without a lock file: nothing to close.
+NO_LOCK_FILE = -1
+
+
+def _lock_if_orphaned(folder: Path) -> int | None:
+    """Take the lock of a dead run's ``folder`` and return its descriptor, or None if the
+    folder belongs to a live run.
+
+    Returns `NO_LOCK_FILE` for a run folder without a lock file, which only a run removing
+    a folder it reclaimed leaves. A hidden staging folder without one may belong to a run
+    that is creating it, so it counts as live.
+    """
     try:
-        fd = os.open(lock_path, os.O_RDWR)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR)
     except FileNotFoundError:
-        return True  # only a run that died before this module's staging rename leaves none
+        return None if folder.name.startswith(".") else NO_LOCK_FILE
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
-    finally:
         os.close(fd)
-    return True
+        return None
+    return fd
 
 
 def iter_candidate_files(incoming_dir: Path) -> Iterator[Path]:
