@@ -222,6 +222,10 @@ def _prepare_one(
 
     uid = instance.sop_instance_uid
     outcome = _classify(claimed, instance, content_hash, find_scored, seen_in_run)
+    if isinstance(outcome, Unarchived):
+        # Its archive file appears only after this batch's moves, so a copy later in the
+        # run must be found here and recorded as a duplicate, not re-archived without a record.
+        seen_in_run[uid] = content_hash
     if outcome is not None:
         return outcome
 
