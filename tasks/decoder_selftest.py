@@ -98,7 +98,8 @@ def check_decoders(samples: tuple[DecoderSample, ...] = SAMPLES,
                    samples_dir: Path | None = None) -> list[DecoderCheck]:
     """Decode every sample and return one `DecoderCheck` per sample, in order.
 
-    Never raises for a failing sample; `run_decoder_selftest` turns failures into an error.
+    A sample that cannot be read or decoded is reported in its check, not raised, and
+    `run_decoder_selftest` turns such checks into an error.
     """
     folder = samples_dir or bundled_samples_dir()
     reference = _read_reference(folder)
