@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.schema import (
@@ -144,12 +145,16 @@ def find_instances(session: Session, sop_instance_uids: Iterable[str]) -> dict[s
 
 
 def run_in_transaction(session_factory: sessionmaker[Session],
-                       work: Callable[[Session], T], *, retries_on_disconnect: int = 1) -> T:
-    """Run ``work`` in one transaction, retrying it when the connection drops mid-way.
+                       work: Callable[[Session], T], *, retries: int = 1,
+                       backoff_seconds: float = 0.0) -> T:
+    """Run ``work`` in one transaction, running it again when the database connection fails.
 
-    Only a lost connection is retried (``DBAPIError.connection_invalidated``): the transaction
-    was rolled back by the server, and every write here is an idempotent upsert, so running
-    the whole unit again cannot double a row. Any other error propagates at once.
+    A connection failure is a connection lost mid-way (``DBAPIError.connection_invalidated``)
+    or an `OperationalError`, which the driver raises when it cannot connect, for example
+    while PostgreSQL restarts. The server rolled the transaction back, or committed it when
+    the connection dropped during COMMIT. Every write here is an idempotent upsert, so
+    running the whole unit again cannot double a row in either case. Retry ``i`` (from 1)
+    waits ``backoff_seconds * 2 ** (i - 1)`` seconds. Any other error propagates at once.
     """
     attempt = 0
     while True:
@@ -157,9 +162,14 @@ def run_in_transaction(session_factory: sessionmaker[Session],
             with session_factory.begin() as session:
                 return work(session)
         except DBAPIError as error:
-            if not error.connection_invalidated or attempt >= retries_on_disconnect:
+            failed_connection = (error.connection_invalidated
+                                 or isinstance(error, OperationalError))
+            if not failed_connection or attempt >= retries:
                 raise
+            delay = backoff_seconds * 2 ** attempt
             attempt += 1
-            logger.warning("Database connection lost during a write (%s); retrying the "
-                           "transaction, attempt %d of %d", type(error.orig).__name__,
-                           attempt, retries_on_disconnect)
+            logger.warning("Database connection failed during a transaction (%s: %s); "
+                           "retrying it in %.2f s, attempt %d of %d",
+                           type(error.orig).__name__, str(error.orig).strip(), delay,
+                           attempt, retries)
+            time.sleep(delay)

@@ -18,7 +18,7 @@ the work folder, where the next run reclaims them: nothing is quarantined for a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from db import writes
 from db.engine import make_engine, make_session_factory
@@ -47,6 +48,8 @@ from tasks.prepare import PreparedBatch, prepare_batch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
 from tasks.score_checks import reject_invalid_scores
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,20 @@ def claim_incoming(settings: Settings, work: WorkFolder) -> tuple[list[ClaimedFi
     return reclaimed + claimed, len(pending)
 
 
+def in_transaction(settings: Settings, session_factory, work: Callable[[Session], T]) -> T:
+    """Run ``work`` in one transaction, retried as the settings say when the database
+    connection fails (see `db.writes.run_in_transaction`)."""
+    return writes.run_in_transaction(
+        session_factory, work, retries=settings.database_retries,
+        backoff_seconds=settings.database_retry_backoff_seconds)
+
+
 @task(cache_policy=NO_CACHE)
 def prepare(settings: Settings, files: list[ClaimedFile], image_size: int,
             seen_in_run: dict[str, str], session_factory) -> PreparedBatch:
     def find_scored(uid: str) -> tuple[str, str] | None:
-        with session_factory() as session:
-            found = writes.find_instances(session, [uid]).get(uid)
+        found = in_transaction(settings, session_factory,
+                               lambda session: writes.find_instances(session, [uid]).get(uid))
         return None if found is None else (found.content_hash, found.archive_path)
 
     batch = prepare_batch(
@@ -140,8 +151,8 @@ def choose_ensemble_settings(settings: Settings, session_factory,
     """
     versions = ",".join(f"{name}:{served[name].version}" for name in settings.model_names
                         if name in served)
-    with session_factory() as session:
-        stored = ensemble_configuration_for(session, versions)
+    stored = in_transaction(settings, session_factory,
+                            lambda session: ensemble_configuration_for(session, versions))
     if stored is not None:
         get_run_logger().info("Ensemble weights and threshold %.4f from retraining run %s "
                               "for %s", stored.threshold, stored.flow_run_id, versions)
@@ -164,7 +175,7 @@ def record(settings: Settings, session_factory, batch: PreparedBatch,
         ensemble = combine_scores(
             {name: run.probabilities for name, run in model_runs.items()},
             ensemble_settings.weights, ensemble_settings.threshold)
-    writes.run_in_transaction(session_factory, lambda session: record_batch(
+    in_transaction(settings, session_factory, lambda session: record_batch(
         session, batch, model_runs=model_runs, ensemble=ensemble, flow_run_id=run_id,
         preprocessing_version=PREPROCESSING_VERSION, archive_dir=settings.archive_dir,
         quarantine_dir=settings.quarantine_dir))
@@ -199,8 +210,8 @@ def process_incoming(
     counts = {"files_claimed": 0, "scored": 0, "duplicates": 0, "quarantined": 0}
     pending = 0
     status = "failed"
-    with session_factory.begin() as session:
-        writes.start_run(session, run_id)
+    in_transaction(settings, session_factory,
+                   lambda session: writes.start_run(session, run_id))
     try:
         with ServingClient(settings) as client, WorkFolder(settings.work_dir, run_id) as work:
             served = check_served_models(client)
@@ -227,9 +238,16 @@ def process_incoming(
                             len(batch.to_score), len(batch.duplicates), len(batch.rejections))
         status = "completed"
     finally:
-        with session_factory.begin() as session:
-            writes.finish_run(session, run_id, status=status, counts=counts)
-        engine.dispose()
+        try:
+            in_transaction(settings, session_factory, lambda session: writes.finish_run(
+                session, run_id, status=status, counts=counts))
+        except Exception:
+            # Keep the error that failed the run, if any, as the one that propagates.
+            logger.exception("Cannot record the end of run %s as %s", run_id, status)
+            if status == "completed":
+                raise
+        finally:
+            engine.dispose()
 
     summary = text("run.summary", settings.language, run_id=run_id,
                    claimed=counts["files_claimed"], scored=counts["scored"],

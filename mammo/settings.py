@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         "database_url is not set.",
     )
 
+    database_retries: int = Field(
+        5, ge=0, le=20, description="Retries of a database transaction whose connection "
+        "failed or could not be opened, for example while PostgreSQL restarts."
+    )
+    database_retry_backoff_seconds: float = Field(
+        0.5, ge=0, description="Delay before the first such retry, in seconds; doubles on "
+        "each retry."
+    )
+
     # --- Serving -------------------------------------------------------------------------
     serving_address: str = Field(
         "127.0.0.1:8500", description="host:port of the TF Serving gRPC API."
