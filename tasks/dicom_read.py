@@ -7,18 +7,28 @@ Pixel data are never decoded here; `tasks.preprocess` does that.
 
 Checks, in this order (the first failure wins):
 
-1. ``not_dicom``: no data elements could be parsed, or a file without the DICOM preamble
-   and ``DICM`` prefix lacks SOPInstanceUID or the Image Pixel attributes. pydicom's
-   ``force=True`` turns any byte string into some data set, so the parse alone proves
-   nothing.
+0. ``incomplete``: a file with the DICOM preamble and ``DICM`` prefix ends inside a data
+   element before Pixel Data. pydicom keeps the cut element with a shortened value (a
+   SOPInstanceUID of ``1.2.826.`` for example) and raises nothing, or fails with
+   `struct.error` inside an element header, so without this check a cut transfer would be
+   reported by whichever later check its missing attributes trip.
+1. ``not_dicom``: no data elements could be parsed, a header element is malformed (an
+   unknown VR, for example, which pydicom raises only when the element is first used, so
+   every element is converted up front), or a file without the DICOM preamble and ``DICM``
+   prefix lacks SOPInstanceUID or the Image Pixel attributes. pydicom's ``force=True``
+   turns any byte string into some data set, so the parse alone proves nothing.
+   ``unsupported_transfer_syntax``: the TransferSyntaxUID is not one pydicom knows.
 2. ``missing_uid``: SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID is missing or
    empty. Results, the archive layout and deduplication are keyed on all three.
 3. ``for_processing``: PresentationIntentType is FOR PROCESSING, or the SOP Class is one of
    the "For Processing" X-ray classes.
 4. ``not_mammogram``: Modality is not in ``allowed_modalities``, or the SOP Class is Breast
    Tomosynthesis Image Storage.
-5. ``no_pixel_data``: there is no (7FE0,0010) Pixel Data element.
-6. ``corrupt_pixel_data``: a type 1 Image Pixel attribute (Rows, Bits Stored, ...) is missing.
+5. ``no_pixel_data``: there is no (7FE0,0010) Pixel Data element, or ``incomplete`` when
+   the header has Rows, Columns or Bits Allocated and so describes an image whose file
+   ends before its Pixel Data.
+6. ``corrupt_pixel_data``: a type 1 Image Pixel attribute (Rows, Bits Stored, ...) is
+   missing or not an integer.
 7. ``not_grayscale``: SamplesPerPixel is not 1 or PhotometricInterpretation is not
    MONOCHROME1 or MONOCHROME2.
 8. ``multi_frame``: NumberOfFrames is greater than 1.
@@ -26,7 +36,7 @@ Checks, in this order (the first failure wins):
 10. ``unsupported_transfer_syntax``: no installed pixel data handler decodes the transfer
     syntax.
 11. ``corrupt_pixel_data``: the file ends inside encapsulated Pixel Data, so the full read
-    loses the data set.
+    loses the data set, or the Pixel Data element itself is malformed.
 
 Laterality and view are reported as found, never guessed: a value outside the known set
 becomes ``"UNKNOWN"``.
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,7 +54,7 @@ from typing import Literal
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -188,6 +199,19 @@ def read_instance(
     header, has_pixel_data = _read_header(path)
     _check_header(header, path, allowed_modalities=allowed_modalities)
     if not has_pixel_data:
+        declared = [keyword for keyword in ("Rows", "Columns", "BitsAllocated")
+                    if keyword in header]
+        if declared:
+            # NOTE: a file cut exactly between two elements before these attributes cannot
+            # be told from a file sent without them, and gets the reason of the first
+            # attribute it lacks.
+            raise _rejection(
+                ReasonCode.INCOMPLETE,
+                path,
+                f"the header describes an image ({', '.join(declared)}) but the file ends "
+                f"before {_element('PixelData')}; the file is truncated. Send the complete "
+                "file again.",
+            )
         raise _rejection(
             ReasonCode.NO_PIXEL_DATA,
             path,
@@ -215,9 +239,20 @@ def read_instance(
 def _read_header(path: Path) -> tuple[Dataset, bool]:
     """Read the data set up to Pixel Data and peek whether a Pixel Data element follows."""
     with path.open("rb") as file:
+        has_prefix = _has_dicm_prefix(file)
         try:
             header = pydicom.dcmread(file, force=True, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (EOFError, struct.error, BytesLengthException) as exc:
+            if has_prefix:
+                raise _rejection(
+                    ReasonCode.INCOMPLETE, path,
+                    f"the file ends inside a data element header ({exc}); the file is "
+                    "truncated. Send the complete file again.") from exc
+            raise _rejection(
+                ReasonCode.NOT_DICOM, path, f"the file cannot be parsed as DICOM ({exc})."
+            ) from exc
+        except (InvalidDicomError, OSError, ValueError, KeyError, TypeError,
+                IndexError, NotImplementedError) as exc:
             # With force=True pydicom parses arbitrary bytes as data elements and fails in
             # many ways on files that are not DICOM.
             raise _rejection(
@@ -226,11 +261,76 @@ def _read_header(path: Path) -> tuple[Dataset, bool]:
         # stop_before_pixels leaves the file positioned at the tag that stopped the read.
         next_tag = file.read(4)
 
+    if has_prefix:
+        _check_header_complete(header, path)
+    _convert_elements(header, path)
     _check_is_dicom(header, path)
-    if _transfer_syntax(header).is_deflated:
+
+    transfer_syntax = _transfer_syntax(header)
+    if not transfer_syntax.is_transfer_syntax:
+        raise _rejection(
+            ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX, path,
+            f"{_element('TransferSyntaxUID')} is {str(transfer_syntax)!r}, which is not a "
+            "transfer syntax that pydicom knows, so the data set cannot be decoded. Ask the "
+            "sender for a standard transfer syntax.")
+    if transfer_syntax.is_deflated:
         # The bytes on disk are a zlib stream, so only a full read shows the elements.
         return header, "PixelData" in pydicom.dcmread(path, force=True)
     return header, next_tag == _PIXEL_DATA_TAG_BYTES[_is_little_endian(header)]
+
+
+def _convert_elements(header: Dataset, path: Path) -> None:
+    """Convert every raw data element now, so a malformed one is rejected here.
+
+    pydicom converts elements on first access, and a corrupt VR or value raises then
+    (NotImplementedError for an unknown VR, among others), which would otherwise escape
+    from whichever later check touches the element.
+    """
+    def touch(dataset: Dataset, element) -> None:
+        pass  # walk() converts each element before calling back
+
+    try:
+        header.walk(touch)
+        file_meta = getattr(header, "file_meta", None)
+        if file_meta is not None:
+            file_meta.walk(touch)
+        _transfer_syntax(header)
+    except (NotImplementedError, ValueError, TypeError, KeyError, IndexError,
+            struct.error, BytesLengthException) as exc:
+        raise _rejection(
+            ReasonCode.NOT_DICOM, path,
+            f"a data element of the header is malformed and cannot be read ({exc}).",
+        ) from exc
+
+
+def _has_dicm_prefix(file) -> bool:
+    """Return True when the file starts with the 128-byte preamble and "DICM" (PS3.10 7.1)."""
+    file.seek(128)
+    has_prefix = file.read(4) == b"DICM"
+    file.seek(0)
+    return has_prefix
+
+
+def _check_header_complete(header: Dataset, path: Path) -> None:
+    """Reject a header that is empty or whose last data element is cut short."""
+    if len(header) == 0:
+        raise _rejection(
+            ReasonCode.INCOMPLETE, path,
+            "the file ends within or right after the File Meta Information, before any "
+            "data element of the data set; the file is truncated. Send the complete file "
+            "again.")
+    last_tag = next(reversed(header.keys()))
+    raw = header.get_item(last_tag)
+    declared = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    # An undefined length (0xFFFFFFFF, used by sequences) has no size to compare against.
+    if declared is None or declared == 0xFFFFFFFF or not isinstance(value, bytes):
+        return
+    if len(value) < declared:
+        raise _rejection(
+            ReasonCode.INCOMPLETE, path,
+            f"the file ends inside data element {Tag(last_tag)} after {len(value)} of its "
+            f"{declared} bytes; the file is truncated. Send the complete file again.")
 
 
 def _read_full(path: Path, header: Dataset) -> Dataset:
@@ -246,6 +346,15 @@ def _read_full(path: Path, header: Dataset) -> Dataset:
             f"the file ends inside {_element('PixelData')}; the file is truncated. "
             "Send the complete file again.",
         )
+
+    try:
+        dataset["PixelData"]  # converts the raw element, as the header check did for others
+    except (NotImplementedError, ValueError, TypeError, BytesLengthException) as exc:
+        raise _rejection(
+            ReasonCode.CORRUPT_PIXEL_DATA,
+            path,
+            f"the {_element('PixelData')} element is malformed and cannot be read ({exc}).",
+        ) from exc
 
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
         # A data set without File Meta Information is native by definition; record the
@@ -348,6 +457,20 @@ def _check_image_pixel_module(header: Dataset, path: Path) -> None:
             path,
             "the Image Pixel Module lacks "
             + ", ".join(_element(keyword) for keyword in missing)
+            + f", which are required to decode {_element('PixelData')}.",
+        )
+
+    not_integers = [keyword for keyword in IMAGE_PIXEL_KEYWORDS
+                    if keyword != "PhotometricInterpretation"
+                    and not isinstance(header[keyword].value, int)]
+    if not_integers:
+        # A damaged VR turns a US value into text or bytes, which decoding cannot use.
+        raise _rejection(
+            ReasonCode.CORRUPT_PIXEL_DATA,
+            path,
+            "the Image Pixel Module has non-integer "
+            + ", ".join(f"{_element(keyword)} {header[keyword].value!r}"
+                        for keyword in not_integers)
             + f", which are required to decode {_element('PixelData')}.",
         )
 

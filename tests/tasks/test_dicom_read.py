@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import random
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pydicom.uid import DigitalMammographyXRayImageStorageForProcessing
 from mammo.errors import InputRejected, ReasonCode
 from tests.tasks.mammogram_files import CBIS_DDSM_FILES, make_dataset, write_dataset
 from tasks.dicom_read import DicomInstance, read_instance
+from tasks.preprocess import preprocess
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
@@ -218,3 +220,95 @@ class TestReadInstance:
         shutil.copy(get_testdata_file("CT_small.dcm"), path)
         _rejection(path)
         assert path.exists()
+
+
+class TestTruncatedHeader:
+    @pytest.fixture
+    def whole(self, tmp_path) -> bytes:
+        return _write(tmp_path, "whole.dcm").read_bytes()
+
+    @staticmethod
+    def _pixel_data_offset(whole: bytes) -> int:
+        return whole.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) in little endian
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")
+    def test_every_cut_is_rejected(self, tmp_path, whole):
+        cut_path = tmp_path / "cut.dcm"
+        reasons = set()
+        for length in range(0, self._pixel_data_offset(whole) + 12):
+            cut_path.write_bytes(whole[:length])
+            with pytest.raises(InputRejected) as caught:
+                read_instance(cut_path)
+            reasons.add(caught.value.reason)
+        # A cut exactly between two elements before Rows lacks an attribute instead.
+        assert reasons <= {ReasonCode.INCOMPLETE, ReasonCode.NOT_DICOM,
+                           ReasonCode.MISSING_UID, ReasonCode.NO_PIXEL_DATA}
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")
+    def test_cut_inside_uid_is_incomplete(self, tmp_path, whole):
+        offset = whole.index(b"\x08\x00\x18\x00")  # (0008,0018) SOPInstanceUID
+        path = tmp_path / "cut.dcm"
+        path.write_bytes(whole[:offset + 8 + 10])
+
+        error = _rejection(path)
+
+        assert error.reason == ReasonCode.INCOMPLETE
+        assert error.message.startswith(
+            "cut.dcm: the file ends inside data element (0008,0018) after 10 of ")
+
+    def test_cut_inside_file_meta_is_incomplete(self, tmp_path, whole):
+        path = tmp_path / "cut.dcm"
+        path.write_bytes(whole[:150])
+
+        error = _rejection(path)
+
+        assert error.reason == ReasonCode.INCOMPLETE
+        assert "File Meta Information" in error.message
+
+    def test_cut_before_pixel_data_is_incomplete(self, tmp_path, whole):
+        path = tmp_path / "cut.dcm"
+        path.write_bytes(whole[:self._pixel_data_offset(whole)])
+
+        error = _rejection(path)
+
+        assert error.reason == ReasonCode.INCOMPLETE
+        assert "describes an image (Rows, Columns, BitsAllocated) but the file ends " \
+            "before (7FE0,0010) PixelData" in error.message
+
+    def test_cut_inside_pixel_data_tag_is_incomplete(self, tmp_path, whole):
+        path = tmp_path / "cut.dcm"
+        path.write_bytes(whole[:self._pixel_data_offset(whole) + 2])
+
+        error = _rejection(path)
+
+        assert error.reason == ReasonCode.INCOMPLETE
+        assert "the file ends before (7FE0,0010) PixelData" in error.message
+
+    def test_unknown_transfer_syntax_uid_rejected(self, tmp_path):
+        dataset = make_dataset()
+        dataset.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+        path = tmp_path / "private.dcm"
+        dataset.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=True)
+
+        error = _rejection(path)
+
+        assert error.reason == ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX
+        assert "(0002,0010) TransferSyntaxUID is '1.2.3.4.5'" in error.message
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")
+    def test_damaged_headers_only_rejected(self, tmp_path, whole):
+        # Bytes changed at random in the File Meta and the header must end in InputRejected
+        # or an accepted instance, never in another exception that would stop the batch.
+        rng = random.Random(20261204)
+        path = tmp_path / "damaged.dcm"
+        pixel_data_offset = self._pixel_data_offset(whole)
+        for _ in range(400):
+            damaged = bytearray(whole)
+            for _ in range(rng.randint(1, 4)):
+                damaged[rng.randrange(128, pixel_data_offset + 12)] = rng.randrange(256)
+            path.write_bytes(damaged)
+            try:
+                preprocess(read_instance(path), 32)
+            except InputRejected:
+                pass
+
