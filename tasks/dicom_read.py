@@ -10,8 +10,8 @@ Checks, in this order (the first failure wins):
 0. ``incomplete``: a file with the DICOM preamble and ``DICM`` prefix ends inside a data
    element before Pixel Data. pydicom keeps the cut element with a shortened value (a
    SOPInstanceUID of ``1.2.826.`` for example) and raises nothing, or fails with
-   `struct.error` inside an element header, so without this check a cut transfer would be
-   reported by whichever later check its missing attributes trip.
+   `struct.error` inside an element header. Without this check, a cut transfer would get
+   the reason of whichever later check its missing attributes fail.
 1. ``not_dicom``: no data elements could be parsed, a header element is malformed (an
    unknown VR, for example, which pydicom raises only when the element is first used, so
    every element is converted up front), or a file without the DICOM preamble and ``DICM``
@@ -202,9 +202,8 @@ def read_instance(
         declared = [keyword for keyword in ("Rows", "Columns", "BitsAllocated")
                     if keyword in header]
         if declared:
-            # NOTE: a file cut exactly between two elements before these attributes cannot
-            # be told from a file sent without them, and gets the reason of the first
-            # attribute it lacks.
+            # NOTE: a file cut exactly between two elements before these attributes looks
+            # like a file sent without them, and gets the reason of the first one it lacks.
             raise _rejection(
                 ReasonCode.INCOMPLETE,
                 path,
