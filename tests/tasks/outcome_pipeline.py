@@ -1,10 +1,11 @@
 """The flow's steps after scoring, run without Prefect and without the model server.
 
-`OutcomePipeline` claims files from an incoming folder, prepares them with
-`tasks.prepare.prepare_batch`, gives every image to score a fixed fake probability, writes the
-outcomes with `tasks.record_outcomes.record_batch` in one transaction per batch against a real
-database, and then moves the files with `tasks.file_outcomes.apply_file_outcomes`. Scoring is
-the only step replaced, so tests of intake, deduplication and quarantine run in seconds.
+`OutcomePipeline` claims files from an incoming folder and prepares them with
+`tasks.prepare.prepare_batch`. It gives every image to score a fixed fake probability,
+writes the outcomes with `tasks.record_outcomes.record_batch` in one transaction per batch
+against a real database, and then moves the files with
+`tasks.file_outcomes.apply_file_outcomes`. Scoring is the only step replaced, so tests of
+intake, deduplication and quarantine run in seconds.
 """
 
 from __future__ import annotations
