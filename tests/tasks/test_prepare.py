@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,35 @@ class TestDuplicates:
         assert {scored.claimed.original_name, rejection.claimed.original_name} == {
             "a.dcm", "b.dcm"}
         assert rejection.content_hash != scored.content_hash
+
+
+class TestMemory:
+    def _peak_bytes(self, tmp_path: Path, sources: list[Path]) -> int:
+        incoming = tmp_path / "incoming"
+        incoming.mkdir(parents=True)
+        for index, source in enumerate(sources):
+            shutil.copyfile(source, incoming / f"{index}.dcm")
+        with WorkFolder(tmp_path / "work", "run-a") as work:
+            for path in sorted(incoming.iterdir()):
+                work.claim(incoming, path)
+            tracemalloc.start()
+            try:
+                batch = prepare_batch(work.files(), image_size=224,
+                                      find_scored=lambda uid: None, seen_in_run={},
+                                      allowed_modalities=("MG",), max_pixels=80_000_000)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert len(batch.to_score) == len(sources)
+            for claimed in work.files():
+                claimed.path.unlink()
+        return peak
+
+    def test_peak_memory_flat_across_batch(self, tmp_path, cbis_ddsm_files):
+        # Each CBIS-DDSM image is about 4400 x 2850 pixels: keeping its decoded or float32
+        # copy per instance would add 25 to 50 MB per file to the peak.
+        single = self._peak_bytes(tmp_path / "one", cbis_ddsm_files[:1])
+        batch = self._peak_bytes(tmp_path / "four", cbis_ddsm_files[:4])
+
+        assert batch < single * 1.5, f"one file {single / 2**20:.0f} MiB, four files " \
+            f"{batch / 2**20:.0f} MiB"
