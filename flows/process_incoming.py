@@ -25,12 +25,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy.orm import Session
 
 from db import writes
 from db.engine import make_engine, make_session_factory
 from db.retraining import ensemble_configuration_for
+from mammo.errors import ConfigurationError
 from mammo.settings import Settings
 from mammo.texts import text
 from serving.client import ServedModel, ServingClient
@@ -187,19 +188,48 @@ def move_files(settings: Settings, batch: PreparedBatch) -> dict[str, int]:
                                quarantine_dir=settings.quarantine_dir)
 
 
+ModelName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _reject_repeated_names(names: list[str] | None) -> list[str] | None:
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError(f"model_names must name each model once, got {names}")
+    return names
+
+
+def _with_models(settings: Settings, model_names: list[str]) -> Settings:
+    """Return ``settings`` scoring with ``model_names`` only, in the settings' model order."""
+    unknown = [name for name in model_names if name not in settings.model_names]
+    if unknown:
+        raise ConfigurationError(
+            f"model_names {unknown} are not configured models; choose from "
+            f"{list(settings.model_names)} (MAMMO_MODEL_NAMES)")
+    chosen = tuple(name for name in settings.model_names if name in model_names)
+    return settings.model_copy(update={"model_names": chosen})
+
+
 def _batches(files: list[ClaimedFile], size: int) -> list[list[ClaimedFile]]:
     return [files[start:start + size] for start in range(0, len(files), size)]
 
 
 @flow(name="process_incoming", log_prints=False)
 def process_incoming(
-    batch_size: Annotated[int | None, Field(ge=1, le=1024)] = None,
+    batch_size: Annotated[int | None, Field(ge=1, le=1024, strict=True)] = None,
+    model_names: Annotated[list[ModelName] | None,
+                           Field(min_length=1, json_schema_extra={"uniqueItems": True}),
+                           AfterValidator(_reject_repeated_names)] = None,
 ) -> dict[str, Any]:
     """Score every complete file in the incoming folder once; return the run's counts.
 
-    ``batch_size`` overrides the ``MAMMO_BATCH_SIZE`` setting for this run.
+    ``batch_size`` overrides the ``MAMMO_BATCH_SIZE`` setting for this run. ``model_names``
+    scores with only these models, which must be among ``MAMMO_MODEL_NAMES``. Parameters
+    from the UI or the API are checked strictly (the string "8" is not a batch size, and
+    an empty or repeated model list is invalid), so a wrong one fails the run before it
+    touches any file or row.
     """
     settings = Settings()
+    if model_names is not None:
+        settings = _with_models(settings, model_names)
     settings.ensure_folders()
     logger = get_run_logger()
     run_id = str(flow_run.id or "local")

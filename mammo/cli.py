@@ -243,7 +243,7 @@ def cmd_labels_import(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_process(settings: Settings, args: argparse.Namespace) -> int:
     from flows.process_incoming import process_incoming
 
-    result = process_incoming(batch_size=args.batch_size)
+    result = process_incoming(batch_size=args.batch_size, model_names=args.model_names)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     process = commands.add_parser("process", help="run process_incoming once")
     process.add_argument("--batch-size", type=int, default=None,
                          help="instances per batch; default MAMMO_BATCH_SIZE")
+    process.add_argument("--model", dest="model_names", action="append", metavar="NAME",
+                         help="score with this model only (repeat for several); default "
+                         "every model in MAMMO_MODEL_NAMES")
     process.set_defaults(handler=cmd_process)
 
     retrain = commands.add_parser("retrain", help="run the retrain_models flow once with "
