@@ -9,7 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from tasks.intake import LOCK_FILE, WorkFolder
+from tasks.intake import LOCK_FILE, WorkFolder, iter_candidate_files
 
 DEAD_RUNS = 4
 FILES_PER_DEAD_RUN = 300
@@ -60,6 +60,42 @@ def test_concurrent_reclaims_take_each_file_once(tmp_path):
     assert sorted(taken) == sorted(expected)
     assert max(taken.values()) == 1
     assert list(work_root.iterdir()) == []
+
+
+def test_concurrent_claims_take_each_file_once(tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    names = [f"image{index:04d}.dcm" for index in range(DEAD_RUNS * FILES_PER_DEAD_RUN)]
+    for name in names:
+        (incoming / name).write_bytes(b"x")
+
+    start = threading.Barrier(LIVE_RUNS)
+    claimed: dict[int, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def live_run(number: int) -> None:
+        try:
+            with WorkFolder(tmp_path / "work", f"live-{number}") as work:
+                candidates = list(iter_candidate_files(incoming))
+                start.wait()
+                taken = [c for path in candidates if (c := work.claim(incoming, path))]
+                claimed[number] = [c.original_name for c in taken]
+                for item in taken:
+                    item.path.unlink()
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=live_run, args=(n,)) for n in range(LIVE_RUNS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [repr(e) for e in errors] == []
+    taken = Counter(name for names in claimed.values() for name in names)
+    assert sorted(taken) == names
+    assert max(taken.values()) == 1
+    assert list(incoming.iterdir()) == []
 
 
 def test_staging_folder_of_dead_run_is_reclaimed(tmp_path):
