@@ -142,7 +142,7 @@ def train_and_decide(settings: Settings, name: str, current: ServedVersion,
                      data: LabelledImages, training: list[int], validation: list[int],
                      parameters: RetrainParameters, run_id: str) -> ModelOutcome:
     """Fine-tune one model, evaluate it against the served version and publish if better."""
-    from models.evaluation import bootstrap_auc, evaluate, is_not_worse, roc_curve
+    from models.evaluation import is_not_worse, roc_curve
     from models.roc_plot import draw_roc_curves
     from models.training import (
         build_from_export,
@@ -171,25 +171,11 @@ def train_and_decide(settings: Settings, name: str, current: ServedVersion,
         candidate_scores = predict(model, validation_images)
         current_scores = predict_export(current.export_dir, validation_images)
 
-        bootstrap = bootstrap_auc(labels, {"candidate": candidate_scores,
-                                           "current": current_scores},
-                                  samples=parameters.bootstrap_samples, seed=parameters.seed)
-        options = {"operating_threshold": current.threshold,
-                   "target_sensitivity": settings.target_sensitivity}
-        candidate_eval = evaluate(labels, candidate_scores, bootstrap["candidate"], **options)
-        current_eval = evaluate(labels, current_scores, bootstrap["current"], **options)
-        difference = bootstrap["candidate"] - bootstrap["current"]
-        metrics = {
-            "candidate": candidate_eval.as_dict(),
-            "current": current_eval.as_dict(),
-            "auc_difference_ci": [float(np.percentile(difference, 2.5)),
-                                  float(np.percentile(difference, 97.5))],
-            "training": {"instances": len(training), "epochs_run": history.epochs_run,
-                         "best_validation_loss": history.best_validation_loss,
-                         "final_learning_rate": history.final_learning_rate},
-            "target_sensitivity": settings.target_sensitivity,
-            "preprocessing_version": PREPROCESSING_VERSION,
-        }
+        candidate_eval, current_eval, metrics = _compare_on_validation(
+            settings, parameters, current, labels, candidate_scores, current_scores)
+        metrics["training"] = {"instances": len(training), "epochs_run": history.epochs_run,
+                               "best_validation_loss": history.best_validation_loss,
+                               "final_learning_rate": history.final_learning_rate}
 
         roc_path = draw_roc_curves(
             {"candidate": (*roc_curve(labels, candidate_scores), candidate_eval.auc),
@@ -284,6 +270,33 @@ def _training_options(parameters: RetrainParameters):
 def _format_versions(versions: dict[str, int], order: tuple[str, ...]) -> str:
     """Format versions like `SecondOpinion.model_versions`, in the configured model order."""
     return ",".join(f"{name}:{versions[name]}" for name in order)
+
+
+def _compare_on_validation(settings: Settings, parameters: RetrainParameters,
+                           current: ServedVersion, labels: np.ndarray,
+                           candidate_scores: np.ndarray, current_scores: np.ndarray):
+    """Evaluate candidate and served version on the same cases and bootstrap resamples.
+
+    Returns both evaluations and the metrics dictionary stored with the candidate, which
+    includes the 95% interval of the paired AUC difference.
+    """
+    from models.evaluation import bootstrap_auc, evaluate, percentile_interval
+
+    bootstrap = bootstrap_auc(labels, {"candidate": candidate_scores, "current": current_scores},
+                              samples=parameters.bootstrap_samples, seed=parameters.seed)
+    options = {"operating_threshold": current.threshold,
+               "target_sensitivity": settings.target_sensitivity}
+    candidate_eval = evaluate(labels, candidate_scores, bootstrap["candidate"], **options)
+    current_eval = evaluate(labels, current_scores, bootstrap["current"], **options)
+    metrics = {
+        "candidate": candidate_eval.as_dict(),
+        "current": current_eval.as_dict(),
+        "auc_difference_ci": list(percentile_interval(bootstrap["candidate"]
+                                                      - bootstrap["current"])),
+        "target_sensitivity": settings.target_sensitivity,
+        "preprocessing_version": PREPROCESSING_VERSION,
+    }
+    return candidate_eval, current_eval, metrics
 
 
 def _publish(settings: Settings, model, current: ServedVersion, outcome: ModelOutcome,

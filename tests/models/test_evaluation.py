@@ -25,8 +25,12 @@ from models.roc_plot import draw_roc_curves
 def _pairwise_auc(labels, scores) -> float:
     positives = [s for label, s in zip(labels, scores) if label]
     negatives = [s for label, s in zip(labels, scores) if not label]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
-               for p, n in itertools.product(positives, negatives))
+    wins = 0.0
+    for positive, negative in itertools.product(positives, negatives):
+        if positive > negative:
+            wins += 1.0
+        elif positive == negative:
+            wins += 0.5
     return wins / (len(positives) * len(negatives))
 
 
