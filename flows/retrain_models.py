@@ -96,6 +96,8 @@ class ModelOutcome:
 @task(cache_policy=NO_CACHE)
 def find_served_versions(settings: Settings, session_factory) -> dict[str, ServedVersion]:
     """Return the latest version of every configured model, the one TF Serving serves."""
+    # NOTE: this assumes TF Serving's default version policy (latest). A site that pins a
+    # version in models.config gets candidates fine-tuned from, and compared with, the latest.
     from models.repository import ModelRepository
 
     repository = ModelRepository(settings.model_repository)

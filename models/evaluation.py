@@ -159,7 +159,11 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def evaluate(labels: np.ndarray, scores: np.ndarray, bootstrap: np.ndarray, *,
              operating_threshold: float, target_sensitivity: float) -> Evaluation:
-    """Summarise one version's held-out scores; ``bootstrap`` is from `bootstrap_auc`."""
+    """Summarise one version's held-out scores; ``bootstrap`` is from `bootstrap_auc`.
+
+    NOTE: the chosen threshold is fitted on the same cases that its sensitivity and
+    specificity are reported on, so those two numbers are optimistic for new cases.
+    """
     labels, scores = _check(labels, scores)
     low, high = percentile_interval(bootstrap)
     chosen = threshold_for_sensitivity(labels, scores, target_sensitivity)
