@@ -33,6 +33,8 @@ from tasks.preprocess import (
     pad_to_square,
     preprocess,
     quantize_to_uint8,
+    reduce_resolution,
+    reduction_factor,
     resize_square,
 )
 
@@ -148,6 +150,69 @@ class TestPreprocess:
     def test_size_zero_raises(self):
         with pytest.raises(ValueError, match="size must be a positive number of pixels, got 0"):
             preprocess(read_instance(CBIS_DDSM_FILES[0]), 0)
+
+
+def _full_resolution_canonical(path: Path, size: int) -> np.ndarray:
+    """Return the version 1 canonical image: every LUT step at full resolution."""
+    dataset = read_instance(path).dataset
+    stored = decode_pixel_data(dataset)
+    image = correct_polarity(apply_voi(apply_modality_lut(stored, dataset), dataset), dataset)
+    image = orient_chest_wall_left(crop_to_breast(image))
+    return quantize_to_uint8(resize_square(pad_to_square(image), size))
+
+
+def _mean_difference(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.abs(first.astype(np.int16) - second.astype(np.int16)).mean())
+
+
+class TestReducedResolution:
+    def test_cbis_ddsm_close_to_full_resolution(self):
+        for path in CBIS_DDSM_FILES:
+            image = preprocess(read_instance(path), SIZE)
+            reference = _full_resolution_canonical(path, SIZE)
+            assert _mean_difference(image, reference) < 1.0, path.name
+            assert np.abs(image.astype(np.int16) - reference).max() <= 64, path.name
+
+    def test_small_breast_keeps_detail(self, tmp_path):
+        # The breast fills a 300 x 200 corner of a 2400 x 1600 image. The first reduced copy
+        # (blocks of 3) has only 100 x 67 pixels across it, fewer than 2 x 224, so the crop
+        # is taken again from the full-resolution values.
+        pixels = np.zeros((2400, 1600), dtype=np.uint16)
+        pixels[:ROWS, :COLUMNS] = make_breast_pixels()
+        path = write_dataset(tmp_path / "small.dcm", make_dataset(pixels))
+
+        image = preprocess(read_instance(path), SIZE)
+
+        # The box is widened by one mask pixel of the reduced copy, a few rows more than
+        # at full resolution, so the framing differs slightly.
+        reference = _full_resolution_canonical(path, SIZE)
+        assert _mean_difference(image, reference) < 2.0
+        tissue_rows = np.flatnonzero((image > 40).any(axis=1))
+        assert tissue_rows[-1] - tissue_rows[0] > SIZE * 0.9
+
+    def test_factor_keeps_two_pixels_per_output_pixel(self):
+        stored = np.zeros((4432, 2864), dtype=np.uint16)
+        assert reduction_factor(stored, 224) == 6
+        assert reduction_factor(stored, 600) == 2
+        assert reduction_factor(stored, 2048) == 1
+
+    def test_factor_one_for_32_bit_values(self):
+        assert reduction_factor(np.zeros((4000, 3000), dtype=np.uint32), 224) == 1
+
+    @pytest.mark.parametrize("factor", [2, 3, 4, 6])
+    def test_block_average(self, factor):
+        blocks = np.arange(12, dtype=np.uint16).reshape(3, 4) * 100
+        stored = np.kron(blocks, np.ones((factor, factor), dtype=np.uint16))
+        stored = np.pad(stored, ((0, factor - 1), (0, factor - 1)), constant_values=4000)
+
+        reduced = reduce_resolution(stored, factor)
+
+        assert reduced.dtype == np.uint16
+        assert reduced.tolist() == blocks.tolist()
+
+    def test_factor_one_returns_input(self):
+        stored = np.ones((5, 5), dtype=np.uint16)
+        assert reduce_resolution(stored, 1) is stored
 
 
 class TestDecodePixelData:
