@@ -196,6 +196,25 @@ class Settings(BaseSettings):
         80_000_000, gt=0, description="Largest Rows x Columns accepted; larger images are "
         "quarantined as oversize."
     )
+    preprocess_workers: int | None = Field(
+        None, ge=0, le=256, description="Worker processes that hash, read and preprocess "
+        "files while the flow scores the previous batch; unset for one per CPU core the "
+        "flow may use, 0 to do it all in the flow's process one file after the other."
+    )
+    preprocess_executor: Literal["processes", "dask"] = Field(
+        "processes", description="Where the workers run: 'processes' for a process pool on "
+        "the flow's machine, 'dask' for Prefect's Dask task runner (prefect-dask) on the "
+        "cluster at dask_scheduler_address, or on a temporary local cluster of "
+        "preprocess_workers processes listening on 127.0.0.1 when it is unset."
+    )
+    dask_scheduler_address: str | None = Field(
+        None, description="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, "
+        "used when preprocess_executor is 'dask'."
+    )
+    prepare_ahead_batches: int = Field(
+        1, ge=1, le=16, description="Prepared batches kept waiting while the flow scores "
+        "one. The flow holds at most this many plus 2 batches of canonical images."
+    )
 
     # --- Orchestration -------------------------------------------------------------------
     process_interval_seconds: int = Field(
