@@ -17,6 +17,7 @@ the work folder, where the next run reclaims them: nothing is quarantined for a 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -45,7 +46,8 @@ from tasks.intake import (
     remove_empty_folders,
     wait_until_complete,
 )
-from tasks.prepare import PreparedBatch, prepare_batch
+from tasks.parallel_prepare import PreparationPipeline, open_settings_executor
+from tasks.prepare import PreparedBatch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
 from tasks.score_checks import reject_invalid_scores
@@ -110,17 +112,24 @@ def in_transaction(settings: Settings, session_factory, work: Callable[[Session]
         backoff_seconds=settings.database_retry_backoff_seconds)
 
 
-@task(cache_policy=NO_CACHE)
-def prepare(settings: Settings, files: list[ClaimedFile], image_size: int,
-            seen_in_run: dict[str, str], session_factory) -> PreparedBatch:
+def _scored_lookup(settings: Settings, session_factory
+                   ) -> Callable[[str], tuple[str, str] | None]:
+    """Return a function that returns the (content hash, archive path) of a scored UID."""
     def find_scored(uid: str) -> tuple[str, str] | None:
         found = in_transaction(settings, session_factory,
                                lambda session: writes.find_instances(session, [uid]).get(uid))
         return None if found is None else (found.content_hash, found.archive_path)
 
-    batch = prepare_batch(
-        files, image_size=image_size, find_scored=find_scored, seen_in_run=seen_in_run,
-        allowed_modalities=settings.allowed_modalities, max_pixels=settings.max_pixels)
+    return find_scored
+
+
+@task(cache_policy=NO_CACHE)
+def prepare(pipeline: PreparationPipeline) -> PreparedBatch | None:
+    """Return the next batch, prepared by the workers while the flow scored the previous
+    one, or None after the last batch."""
+    batch = pipeline.next_batch()
+    if batch is None:
+        return None
     get_run_logger().info(
         "Batch prepared: %d to score, %d duplicates, %d rejected, %d to re-archive",
         len(batch.to_score), len(batch.duplicates), len(batch.rejections),
@@ -208,10 +217,6 @@ def _with_models(settings: Settings, model_names: list[str]) -> Settings:
     return settings.model_copy(update={"model_names": chosen})
 
 
-def _batches(files: list[ClaimedFile], size: int) -> list[list[ClaimedFile]]:
-    return [files[start:start + size] for start in range(0, len(files), size)]
-
-
 @flow(name="process_incoming", log_prints=False)
 def process_incoming(
     batch_size: Annotated[int | None, Field(ge=1, le=1024, strict=True)] = None,
@@ -243,7 +248,9 @@ def process_incoming(
     in_transaction(settings, session_factory,
                    lambda session: writes.start_run(session, run_id))
     try:
-        with ServingClient(settings) as client, WorkFolder(settings.work_dir, run_id) as work:
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(ServingClient(settings))
+            work = stack.enter_context(WorkFolder(settings.work_dir, run_id))
             served = check_served_models(client)
             ensemble_settings = choose_ensemble_settings(settings, session_factory, served)
             check_pixel_decoders()
@@ -251,12 +258,17 @@ def process_incoming(
             files, pending = claim_incoming(settings, work)
             counts["files_claimed"] = len(files)
 
-            seen_in_run: dict[str, str] = {}
-            for number, chunk in enumerate(_batches(files, size), start=1):
-                # quote() hands the objects over as they are: Prefect would otherwise copy
-                # collections while resolving inputs, and seen_in_run must be updated in place.
-                batch = prepare(settings, chunk, image_size, quote(seen_in_run),
-                                session_factory)
+            executor = stack.enter_context(open_settings_executor(settings, len(files)))
+            pipeline = stack.enter_context(PreparationPipeline(
+                executor, files, batch_size=size, image_size=image_size,
+                find_scored=_scored_lookup(settings, session_factory), seen_in_run={},
+                allowed_modalities=settings.allowed_modalities,
+                max_pixels=settings.max_pixels, ahead=settings.prepare_ahead_batches))
+            number = 0
+            # quote() hands the objects over as they are: Prefect would otherwise copy
+            # collections while resolving inputs.
+            while (batch := prepare(quote(pipeline))) is not None:
+                number += 1
                 model_runs = score(client, quote(batch))
                 record(settings, session_factory, quote(batch), model_runs, run_id,
                        ensemble_settings)
