@@ -58,6 +58,8 @@ from serving.signature_contract import (
 
 logger = logging.getLogger(__name__)
 
+# NOTE: a request still running when the server shuts down may end with CANCELLED, which is
+# not retried, so the run fails and the next run reclaims its files.
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 #: Floor of the channel's reconnect backoff, because gRPC needs a positive value.
