@@ -179,16 +179,26 @@ def choose_ensemble_settings(settings: Settings, session_factory,
 def record(settings: Settings, session_factory, batch: PreparedBatch,
            model_runs: dict[str, ModelRun], run_id: str,
            ensemble_settings: EnsembleSettings) -> None:
-    """Combine the scores and write the batch's outcomes in one transaction."""
+    """Combine the scores and write the batch's outcomes in one transaction.
+
+    Instances that another run recorded first become duplicates or rejections of ``batch``.
+    """
     ensemble = []
     if batch.to_score:
         ensemble = combine_scores(
             {name: run.probabilities for name, run in model_runs.items()},
             ensemble_settings.weights, ensemble_settings.threshold)
-    in_transaction(settings, session_factory, lambda session: record_batch(
+    settlement = in_transaction(settings, session_factory, lambda session: record_batch(
         session, batch, model_runs=model_runs, ensemble=ensemble, flow_run_id=run_id,
         preprocessing_version=PREPROCESSING_VERSION, archive_dir=settings.archive_dir,
         quarantine_dir=settings.quarantine_dir))
+    if settlement.duplicates or settlement.rejections:
+        get_run_logger().warning(
+            "Another run recorded %d instances of this batch first; their files are kept as "
+            "%d duplicates and %d UID conflicts", len(settlement.duplicates)
+            + len(settlement.rejections), len(settlement.duplicates),
+            len(settlement.rejections))
+    settlement.apply(batch)
 
 
 @task(cache_policy=NO_CACHE)
