@@ -201,22 +201,32 @@ def start_process_run(environment: dict[str, str], log_path: Path,
 
 
 def wait_for_work_folder(work_dir: Path, process: subprocess.Popen, known: set[str],
-                         timeout: float = RUN_TIMEOUT_SECONDS) -> str | None:
+                         timeout: float = RUN_TIMEOUT_SECONDS,
+                         with_files: bool = False) -> str | None:
     """Wait until a run folder not in ``known`` appears in ``work_dir``; return its name.
 
+    With ``with_files``, wait until that folder also holds a claimed or reclaimed file.
     Returns None when the process exits first.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if work_dir.is_dir():
-            new = {p.name for p in work_dir.iterdir()
-                   if p.is_dir() and not p.name.startswith(".")} - known
-            if new:
-                return sorted(new)[0]
+            for folder in sorted(work_dir.iterdir()):
+                if folder.name in known or folder.name.startswith("."):
+                    continue
+                if not with_files or _holds_claimed_file(folder):
+                    return folder.name
         if process.poll() is not None:
             return None
         time.sleep(0.01)
     raise TimeoutError(f"no run folder appeared in {work_dir} within {timeout} s")
+
+
+def _holds_claimed_file(folder: Path) -> bool:
+    try:
+        return any(not entry.name.startswith(".") for entry in folder.iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def kill_process_group(process: subprocess.Popen) -> None:
@@ -234,16 +244,18 @@ def run_to_completion(environment: dict[str, str], log_path: Path,
     process = start_process_run(environment, log_path, crash_at)
     try:
         return process.wait(timeout=RUN_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
+    finally:
+        # A run killed by crash_at leaves its preparation workers behind.
         kill_process_group(process)
-        raise
 
 
 @dataclass
 class KillRound:
-    """What one kill-and-rerun round did: the delays of the kills and the runs after them."""
+    """What one kill-and-rerun round did: where each kill landed and the runs after them."""
 
-    kill_delays: list[float] = field(default_factory=list)
+    #: Archived files that each killed run waited for, and the jitter after it, in seconds.
+    kill_targets: list[int] = field(default_factory=list)
+    kill_jitters: list[float] = field(default_factory=list)
     #: Files in the archive right after each kill, to show where in the run it landed.
     archived_at_kill: list[int] = field(default_factory=list)
     killed_runs: int = 0
@@ -252,34 +264,47 @@ class KillRound:
     final_exit_codes: list[int] = field(default_factory=list)
 
 
-def kill_and_rerun(environment: dict[str, str], data_dir: Path, *, kills: int,
-                   max_delay: float, rng: np.random.Generator, log_path: Path,
-                   max_final_runs: int = 3) -> KillRound:
-    """Start runs and SIGKILL each after a random delay, then run until one completes.
+def count_archived(data_dir: Path) -> int:
+    return sum(1 for p in (data_dir / "archive").rglob("*.dcm") if p.is_file())
 
-    Each delay is drawn uniformly from [0, ``max_delay``] seconds and counted from the moment
-    the run's work folder appears, so kills land in intake, preparation, scoring, the
-    database write or the file moves rather than in the interpreter's start-up.
+
+def kill_and_rerun(environment: dict[str, str], data_dir: Path, *, kills: int,
+                   expected_archived: int, rng: np.random.Generator, log_path: Path,
+                   max_jitter: float = 0.3, max_final_runs: int = 3) -> KillRound:
+    """Start runs and SIGKILL each at a random point, then run until one run completes.
+
+    For each run a target is drawn uniformly between the files archived so far and
+    ``expected_archived - 1``. Once the run has claimed its first file, the harness waits
+    until the archive holds the target number of files, then a jitter drawn uniformly from
+    [0, ``max_jitter``] seconds, and kills the run. Kills therefore land at random points of
+    intake, preparation, scoring, the database write or the file moves, whatever the speed
+    of the machine, and never in the interpreter's start-up or the checks before intake.
     """
     work_dir = data_dir / "work"
     result = KillRound()
     for _ in range(kills):
         known = {p.name for p in work_dir.iterdir()} if work_dir.is_dir() else set()
+        archived = count_archived(data_dir)
+        target = int(rng.integers(archived, max(archived, expected_archived - 1) + 1))
+        jitter = float(rng.uniform(0.0, max_jitter))
+        result.kill_targets.append(target)
+        result.kill_jitters.append(round(jitter, 3))
+
         process = start_process_run(environment, log_path)
         try:
-            folder = wait_for_work_folder(work_dir, process, known)
-            delay = float(rng.uniform(0.0, max_delay))
-            result.kill_delays.append(round(delay, 3))
-            if folder is not None:
-                time.sleep(delay)
+            if wait_for_work_folder(work_dir, process, known, with_files=True) is not None:
+                deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+                while (count_archived(data_dir) < target and process.poll() is None
+                       and time.monotonic() < deadline):
+                    time.sleep(0.005)
+                time.sleep(jitter)
             if process.poll() is None:
                 result.killed_runs += 1
             else:
                 result.finished_before_kill += 1
         finally:
             kill_process_group(process)
-        result.archived_at_kill.append(
-            sum(1 for p in (data_dir / "archive").rglob("*.dcm") if p.is_file()))
+        result.archived_at_kill.append(count_archived(data_dir))
 
     while result.final_runs < max_final_runs:
         code = run_to_completion(environment, log_path)

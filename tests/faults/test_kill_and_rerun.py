@@ -16,9 +16,7 @@ INSTANCES = 190
 DUPLICATES = 5
 NOT_DICOM = 5
 KILLS = 4
-#: Upper bound of the random kill delay, counted from the moment the run's work folder
-#: appears. About the time one run needs for 200 inputs in batches of 4 on two cores.
-MAX_KILL_DELAY_SECONDS = 2.5
+
 
 
 def test_killed_runs_lose_and_double_nothing(fault_env, tmp_path):
@@ -29,13 +27,13 @@ def test_killed_runs_lose_and_double_nothing(fault_env, tmp_path):
 
     rng = np.random.default_rng()
     log_path = tmp_path / "runs.log"
-    result = kill_and_rerun(fault_env, data_dir, kills=KILLS,
-                            max_delay=MAX_KILL_DELAY_SECONDS, rng=rng, log_path=log_path)
+    result = kill_and_rerun(fault_env, data_dir, kills=KILLS, expected_archived=INSTANCES,
+                            rng=rng, log_path=log_path)
 
     assert result.final_exit_codes[-1] == 0, log_path.read_text()[-4000:]
     audit = audit_outcomes(fault_env["MAMMO_DATABASE_URL"], data_dir, inputs)
-    context = (f"kill delays {result.kill_delays}, archived at each kill "
-               f"{result.archived_at_kill}: {audit.summary()}")
+    context = (f"kill targets {result.kill_targets}, jitters {result.kill_jitters}, "
+               f"archived at each kill {result.archived_at_kill}: {audit.summary()}")
     assert audit.lost == [], context
     assert audit.doubled == [], context
     assert audit.wrong_outcome == [], context
@@ -47,4 +45,3 @@ def test_killed_runs_lose_and_double_nothing(fault_env, tmp_path):
     assert audit.duplicate_records == DUPLICATES, context
     assert audit.quarantine_records == NOT_DICOM, context
     assert audit.quarantine_files == NOT_DICOM, context
-    print(context)
