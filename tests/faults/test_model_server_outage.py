@@ -69,7 +69,9 @@ class Outage(threading.Thread):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.002)
-        self.model_server.stop(grace=0)
+        # Requests already running may finish: one cut off ends with CANCELLED, which the
+        # client does not retry, so the run would fail by design rather than ride it out.
+        self.model_server.stop(grace=2.0)
         self.archived_at_start = _archived(self.data_dir)
         self._ended.wait(self.seconds)
         self.model_server.start()
