@@ -193,6 +193,11 @@ class DaskExecutor:
             for function in (inspect_file, preprocess_file)
         }
 
+    @property
+    def scheduler_address(self) -> str:
+        """Address of the Dask scheduler, such as ``tcp://127.0.0.1:40123``."""
+        return self._runner.client.scheduler.address
+
     def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         prefect_task = self._tasks[function]
         parameters = dict(zip(_positional_names(function), args)) | kwargs
@@ -284,7 +289,11 @@ class _DaskRunner(AbstractContextManager):
         logger.info("Starting Prefect's Dask task runner (%s)",
                     self._address or "temporary local cluster on 127.0.0.1")
         self._runner.__enter__()
-        return DaskExecutor(self._runner)
+        # The runner starts or connects to the cluster on first use; do it here so that a
+        # cluster that cannot start fails the run before any file is prepared.
+        executor = DaskExecutor(self._runner)
+        logger.info("Dask scheduler at %s", executor.scheduler_address)
+        return executor
 
     def __exit__(self, *exc_info: object) -> None:
         self._runner.__exit__(*exc_info)
