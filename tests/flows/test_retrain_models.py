@@ -280,6 +280,24 @@ class TestRetrainModels:
         assert Path(candidate.roc_curve_path).is_file()
         assert version_two is None
         assert ensemble.model_versions == ",".join(f"{name}:1" for name in MODEL_NAMES)
+
+        # A dry run trains and records its candidate but publishes nothing and keeps the
+        # stored ensemble.
+        dry = retrain_models(parameters=RetrainParameters(
+            **{**TINY, "epochs": 1, "min_new_labels": 0}, dry_run=True,
+            validation_fraction=0.3, seed=seed))
+
+        assert dry["models"]["cnn"]["decision"] == "dry_run"
+        assert ModelRepository(settings.model_repository).versions("cnn") == [1]
+        with factory() as session:
+            dry_run = session.get(RetrainingRun, dry["flow_run_id"])
+            dry_candidate = session.get(ModelCandidate, (dry["flow_run_id"], "cnn"))
+            ensembles = session.scalars(select(EnsembleConfiguration)).all()
+        assert dry_run.dry_run is True
+        assert dry_run.status == "completed"
+        assert dry_candidate.decision == "dry_run"
+        assert dry_candidate.published_version is None
+        assert len(ensembles) == 1
         engine.dispose()
 
     def test_invalid_parameters_fail_before_writing(self, retrain_settings):
