@@ -1,10 +1,10 @@
 """Kill ``mammo process`` with SIGKILL at random points, rerun it, and count the outcomes.
 
-Each round writes fresh inputs (by default 190 distinct MG instances, byte copies of 5 of
-them and 5 text files: 200 files), starts ``mammo process`` ``--kills`` times and kills each
-run at a random point (see `tests.faults.harness.kill_and_rerun`: a random number of
-archived files to wait for, then up to ``--max-jitter`` seconds more), then runs it until one
-run completes. It then matches every input file to
+Each round writes fresh inputs: by default 190 distinct MG instances, byte copies of 5 of
+them and 5 text files, 200 files in all. It starts ``mammo process`` ``--kills`` times and
+kills each run at a random point, then runs it until one run completes. A random point is a
+random number of archived files to wait for, then up to ``--max-jitter`` seconds more (see
+`tests.faults.harness.kill_and_rerun`). It then matches every input file to
 its outcome rows (result, duplicate record or quarantine record) and prints, per round and
 in total: inputs, outcomes, inputs with more than one outcome (doubled), inputs with none
 (lost), and files left in the work folders.

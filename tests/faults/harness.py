@@ -1,9 +1,10 @@
 """Fault-injection harness shared by the fault tests and ``bench/kill_and_rerun.py``.
 
-It builds what a fault run needs from real parts: the CNN bootstrapped at 32 px and served
-alone (a model config file listing only ``cnn``), small MG DICOM files with unique UIDs,
-``mammo process`` started as a subprocess with ``MAMMO_*`` variables, and an audit that reads
-the results database and the data folder and counts every input's outcomes.
+It builds what a fault run needs from real parts. The CNN is bootstrapped at 32 px and served
+alone (a model config file lists only ``cnn``), the inputs are small MG DICOM files with
+unique UIDs, and ``mammo process`` runs as a subprocess configured by ``MAMMO_*`` variables.
+An audit then reads the results database and the data folder and counts every input's
+outcomes.
 
 The audit matches inputs to outcome rows by their original file name, which every outcome
 table stores (``instances.file_name``, ``duplicate_records.file_name``,
@@ -205,7 +206,7 @@ def wait_for_work_folder(work_dir: Path, process: subprocess.Popen, known: set[s
                          with_files: bool = False) -> str | None:
     """Wait until a run folder not in ``known`` appears in ``work_dir``; return its name.
 
-    With ``with_files``, wait until that folder also holds a claimed or reclaimed file.
+    With ``with_files``, wait until that folder also contains a claimed or reclaimed file.
     Returns None when the process exits first.
     """
     deadline = time.monotonic() + timeout
@@ -275,7 +276,7 @@ def kill_and_rerun(environment: dict[str, str], data_dir: Path, *, kills: int,
 
     For each run a target is drawn uniformly between the files archived so far and
     ``expected_archived - 1``. Once the run has claimed its first file, the harness waits
-    until the archive holds the target number of files, then a jitter drawn uniformly from
+    until the archive contains the target number of files, then a jitter drawn uniformly from
     [0, ``max_jitter``] seconds, and kills the run. Kills therefore land at random points of
     intake, preparation, scoring, the database write or the file moves, whatever the speed
     of the machine, and never in the interpreter's start-up or the checks before intake.

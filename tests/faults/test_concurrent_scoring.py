@@ -106,7 +106,7 @@ def _two_runs(fault_env, tmp_path) -> tuple[InputSet, StepRun, StepRun, object]:
         first.prepare_and_score(client, size)
         second.prepare_and_score(client, size)
     assert len(first.batch.to_score) == INSTANCES
-    assert len(second.batch.to_score) == INSTANCES  # neither run sees the other's rows
+    assert len(second.batch.to_score) == INSTANCES  # neither run found the other's rows
     return inputs, first, second, engine
 
 

@@ -1,9 +1,9 @@
 """SIGKILL of ``mammo process`` at chosen points of a run, then a rerun.
 
-Where random kills (test_kill_and_rerun.py) rarely land, each run here kills itself at one
-call of a product function (see `tests.faults.crash_at`): in the middle of claiming, in the
-middle of reclaiming a dead run's files, inside the database transaction, in the middle of
-the file moves, and between a batch's commit and its moves. Every run after the first starts
+Random kills (test_kill_and_rerun.py) rarely land at some points, so each run here kills
+itself at one call of a product function (see `tests.faults.crash_at`). The points are the
+middle of claiming, the middle of reclaiming a dead run's files, inside the database
+transaction, the middle of the file moves, and between a batch's commit and its moves. Every run after the first starts
 from what the killed runs left behind. Copies of every instance arrive after the crashes, so
 the final run (one batch holding everything) sees a copy next to the committed but
 unarchived file it duplicates.

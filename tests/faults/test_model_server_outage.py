@@ -3,8 +3,8 @@
 Within the client's retries (``serving_retries`` with a doubling
 ``serving_retry_backoff_seconds``) the run rides out the outage: nothing is quarantined for
 it and every instance is scored. An outage longer than the retries fails the run, which
-leaves its claimed files in its work folder, unquarantined; the next run reclaims and scores
-them. The flow runs in this process under Prefect's test API, against the real local gRPC
+leaves its claimed files in its work folder without quarantining them, and the next run
+reclaims and scores them. The flow runs in this process under Prefect's test API, against the real local gRPC
 server and PostgreSQL.
 """
 

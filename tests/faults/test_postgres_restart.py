@@ -1,8 +1,8 @@
 """PostgreSQL restarts in the middle of a run: no write is lost or doubled.
 
-The test starts a private PostgreSQL cluster of its own (initdb and pg_ctl run as the
-``postgres`` user, because PostgreSQL refuses to run as root) in a temporary folder on a
-free port, and restarts it with ``pg_ctl restart -m fast`` while the flow writes batches.
+The test starts a private PostgreSQL cluster in a temporary folder on a free port. initdb and
+pg_ctl run as the ``postgres`` user, because PostgreSQL refuses to run as root. The test
+restarts the cluster with ``pg_ctl restart -m fast`` while the flow writes batches.
 The fast shutdown ends every connection, so a batch may lose its connection mid-transaction
 or find the server down when it reconnects. The machine's shared PostgreSQL is not touched.
 """

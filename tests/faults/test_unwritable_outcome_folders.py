@@ -7,9 +7,9 @@ place of those folders. Either way, moving a file there raises an OSError, as a 
 does. NOTE: a real ENOSPC needs a small file system, such as a loop device or tmpfs, which
 these tests do not mount.
 
-The run must go on: every outcome is recorded, each file that cannot be moved stays in the
-work folder and its error is logged with the path, and the next run, once the folders are
-fixed, moves the files without recording any input twice.
+The run must go on and record every outcome. Each file that cannot be moved stays in the
+work folder, and its error is logged with the path. Once the folders are fixed, the next run
+moves the files without recording any input twice.
 """
 
 from __future__ import annotations
