@@ -76,6 +76,8 @@ def settle_concurrent_claims(session: Session, batch: PreparedBatch, *,
     uids = sorted({item.info.sop_instance_uid for item in batch.to_score})
     if not uids:
         return Settlement(), []
+    # NOTE: SQLite gets no lock here. Its single writer and the retry of a transaction whose
+    # read snapshot went stale should give the same result, but no test runs that case.
     if session.get_bind().dialect.name == "postgresql":
         # In sorted order, so two runs that write the same instances cannot deadlock on
         # these locks.
