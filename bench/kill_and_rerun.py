@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -164,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{totals['inputs']} inputs, {totals['outcomes']} outcomes, {totals['doubled']} "
           f"doubled, {totals['lost']} lost, {totals['left']} files left in work, "
           f"{totals['rounds_with_problems']} rounds with problems")
-    return 0 if totals["rounds_with_problems"] == 0 else 1
+    if totals["rounds_with_problems"]:
+        print(f"data folders and run logs kept in {scratch}")
+        return 1
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
