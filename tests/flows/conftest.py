@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from db.migrate import upgrade
 from mammo.settings import MODEL_NAMES, Settings
+from tests.flows.flow_environment import served_flow_settings
 
 TEST_INPUT_SIZE = 64
 
@@ -39,27 +39,14 @@ def model_repository(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def flow_settings(tmp_path, monkeypatch, model_repository, fresh_postgres_url) -> Settings:
-    """Settings of the flow under test, exported as MAMMO_* variables like a deployment's."""
-    from serving.local_server import LocalModelServer
-
-    environment = {
+    """Settings of the flow under test, served by a local model server."""
+    with served_flow_settings(monkeypatch, {
         "MAMMO_DATA_DIR": str(tmp_path / "data"),
         "MAMMO_MODEL_REPOSITORY": str(model_repository),
         "MAMMO_DATABASE_URL": fresh_postgres_url,
         "MAMMO_STABILITY_SECONDS": "0",
         "MAMMO_BATCH_SIZE": "3",
-        "MAMMO_SERVING_ADDRESS": "127.0.0.1:0",
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
-    server = LocalModelServer(Settings(), port=0)
-    port = server.start()
-    monkeypatch.setenv("MAMMO_SERVING_ADDRESS", f"127.0.0.1:{port}")
-    settings = Settings()
-    settings.ensure_folders()
-    upgrade(settings.resolved_database_url())
-    yield settings
-    server.stop(grace=1)
+    }) as settings:
+        yield settings
 
 

@@ -24,7 +24,6 @@ from sqlalchemy import select
 
 from db.engine import make_engine, make_session_factory
 from db.labels import LabelledInstance, import_labels, read_label_file
-from db.migrate import upgrade
 from db.schema import (
     EnsembleConfiguration,
     ModelCandidate,
@@ -36,6 +35,7 @@ from db.schema import (
 from flows.retrain_parameters import RetrainParameters
 from mammo.settings import MODEL_NAMES, Settings
 from tasks.training_data import InsufficientLabelsError, split_by_patient
+from tests.flows.flow_environment import served_flow_settings
 from tests.tasks.mammogram_files import make_breast_pixels, make_dataset, write_dataset
 
 PATIENTS = 12
@@ -50,30 +50,17 @@ def retrain_settings(tmp_path, monkeypatch, model_repository, fresh_postgres_url
 
     The copy keeps the session's repository at version 1 for the other flow tests.
     """
-    from serving.local_server import LocalModelServer
-
     repository = tmp_path / "models"
     shutil.copytree(model_repository, repository)
-    environment = {
+    with served_flow_settings(monkeypatch, {
         "MAMMO_DATA_DIR": str(tmp_path / "data"),
         "MAMMO_MODEL_REPOSITORY": str(repository),
         "MAMMO_DATABASE_URL": fresh_postgres_url,
         "MAMMO_STABILITY_SECONDS": "0",
         "MAMMO_SERVING_POLL_SECONDS": "0.5",
-        "MAMMO_SERVING_ADDRESS": "127.0.0.1:0",
         "MAMMO_TARGET_SENSITIVITY": "0.8",
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
-    server = LocalModelServer(Settings(), port=0)
-    port = server.start()
-    monkeypatch.setenv("MAMMO_SERVING_ADDRESS", f"127.0.0.1:{port}")
-    settings = Settings()
-    settings.ensure_folders()
-    upgrade(settings.resolved_database_url())
-    yield settings
-    server.stop(grace=1)
+    }) as settings:
+        yield settings
 
 
 def _pixels(malignant: bool, generator: np.random.Generator) -> np.ndarray:
