@@ -23,6 +23,10 @@ def reject_invalid_scores(batch: PreparedBatch,
 
     Returns the model runs without those images' probabilities; ``batch`` is changed in place
     so that ``batch.to_score[i]`` still matches every run's ``probabilities[i]``.
+
+    NOTE: preparation has already marked a rejected image's SOPInstanceUID as seen in this
+    run, so a second copy of it later in the same run is recorded as a duplicate although
+    only the quarantined copy holds its bytes.
     """
     bad_models: dict[int, list[str]] = {}
     for name, run in model_runs.items():
