@@ -85,11 +85,12 @@ def quarantine_log(session: Session) -> pd.DataFrame:
     return pd.DataFrame(session.execute(query).mappings().all())
 
 
-def model_version_warnings(session: Session,
-                           versions: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
-    """Return (model, version, warning) for the given versions that carry a warning."""
+def model_version_warnings(session: Session, versions: set[tuple[str, int]]
+                           ) -> list[tuple[str, int, str, str]]:
+    """Return (model, version, weights source, warning) for the given versions that carry a
+    warning."""
     rows = session.execute(select(ModelVersion.model_name, ModelVersion.version,
-                                  ModelVersion.warning)
+                                  ModelVersion.weights_source, ModelVersion.warning)
                            .where(ModelVersion.warning.is_not(None))).all()
-    return sorted((name, version, warning) for name, version, warning in rows
+    return sorted((name, version, source, warning) for name, version, source, warning in rows
                   if (name, version) in versions)

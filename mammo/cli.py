@@ -30,7 +30,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mammo.errors import MammoError
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from mammo.errors import MammoError, ModelContractError, ModelServingError
 from mammo.settings import MODEL_NAMES, Settings
 from mammo.texts import text
 
@@ -106,10 +109,23 @@ def cmd_models_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         record_model_versions(session, [_version_row(meta) for meta in everything])
     print(text("cli.models_bootstrapped", settings.language, count=len(published)))
     for meta in published:
-        if meta.get("weights_warning"):
-            print(text("cli.random_weights_warning", settings.language,
-                       model=meta["model_name"], version=meta["version"]))
+        key = _warning_key(meta.get("weights_source"), _version_row(meta)["warning"])
+        if key:
+            print(text(key, settings.language, model=meta["model_name"],
+                       version=meta["version"]))
     return 0
+
+
+def _warning_key(weights_source: str | None, warning: str | None) -> str | None:
+    """Return the text key of the warning a version needs, or None."""
+    if warning is None:
+        return None
+    return "cli.random_weights_warning" if weights_source == "random" else \
+        "cli.untrained_warning"
+
+
+#: Stored as a version's warning when it was published without any training on mammograms.
+UNTRAINED_WARNING = "bootstrapped version: not trained on mammograms"
 
 
 def _version_row(meta: dict) -> dict:
@@ -118,7 +134,8 @@ def _version_row(meta: dict) -> dict:
         "version": int(meta["version"]),
         "input_size": int(meta["input_size"]),
         "weights_source": meta.get("weights_source", "unknown"),
-        "warning": meta.get("weights_warning"),
+        "warning": meta.get("weights_warning") or (
+            UNTRAINED_WARNING if meta.get("training") == "none" else None),
         "threshold": meta.get("threshold"),
         "metrics": meta.get("metrics"),
         "status": "published",
@@ -325,8 +342,8 @@ def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
         _print_table(frame, settings, level="quarantine" if args.quarantine else args.level)
-    for name, version, _warning in warnings:
-        print(text("cli.random_weights_warning", settings.language, model=name,
+    for name, version, weights_source, warning in warnings:
+        print(text(_warning_key(weights_source, warning), settings.language, model=name,
                    version=version), file=sys.stderr)
     return 0
 
@@ -371,6 +388,16 @@ def _print_table(frame, settings: Settings, *, level: str) -> None:
 
 
 # --- parser ------------------------------------------------------------------------------
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}")
+    return number
+
+
 def _date(value: str):
     import datetime as dt
 
@@ -450,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     label_import.set_defaults(handler=cmd_labels_import)
 
     process = commands.add_parser("process", help="run process_incoming once")
-    process.add_argument("--batch-size", type=int, default=None,
+    process.add_argument("--batch-size", type=_positive_int, default=None,
                          help="instances per batch; default MAMMO_BATCH_SIZE")
     process.add_argument("--model", dest="model_names", action="append", metavar="NAME",
                          help="score with this model only (repeat for several); default "
@@ -498,8 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = Settings()
-    except ValueError as error:
-        print(f"Invalid settings: {error}", file=sys.stderr)
+    except ValidationError as error:
+        for line in _describe_settings_errors(error):
+            print(line, file=sys.stderr)
         return 2
     settings.export_tool_homes()
     try:
@@ -507,7 +535,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MammoError as error:
         logger.debug("Command failed", exc_info=True)
         print(text("cli.error", settings.language, error=error), file=sys.stderr)
+        if isinstance(error, (ModelServingError, ModelContractError)):
+            print(text("cli.serving_hint", settings.language), file=sys.stderr)
         return 1
+    except OperationalError as error:
+        from db.engine import describe_url
+
+        logger.debug("Database connection failed", exc_info=True)
+        print(text("cli.database_unreachable", settings.language,
+                   url=describe_url(settings.resolved_database_url()),
+                   error=str(error.orig).strip()), file=sys.stderr)
+        return 1
+    except OSError as error:
+        logger.debug("Command failed", exc_info=True)
+        print(text("cli.error", settings.language, error=error), file=sys.stderr)
+        return 1
+
+
+def _describe_settings_errors(error: ValidationError) -> list[str]:
+    """Turn pydantic's report into one line per setting, named by its MAMMO_ variable."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if not field:  # a check across several settings
+            lines.append(text("cli.invalid_settings", "en", message=message))
+            continue
+        value = problem.get("input")
+        lines.append(text("cli.invalid_setting", "en", variable=f"MAMMO_{field.upper()}",
+                          message=message,
+                          value="(not set)" if value is None else repr(value)))
+    return lines
 
 
 if __name__ == "__main__":

@@ -60,6 +60,32 @@ TEXTS: dict[str, dict[str, str]] = {
         "tr": "UYARI: {model} sürüm {version}, ImageNet yerine rastgele omurga "
               "ağırlıklarıyla oluşturuldu; skorları klinik açıdan anlamlı değildir.",
     },
+    "cli.untrained_warning": {
+        "en": "WARNING: {model} version {version} has not been trained on mammograms; its "
+              "scores are not clinically meaningful.",
+        "tr": "UYARI: {model} sürüm {version} mamogramlarla eğitilmedi; skorları klinik "
+              "açıdan anlamlı değildir.",
+    },
+    "cli.database_unreachable": {
+        "en": "Cannot connect to the results database at {url}: {error}. Check "
+              "MAMMO_DATABASE_URL and that the database server is running.",
+        "tr": "{url} adresindeki sonuç veritabanına bağlanılamıyor: {error}. "
+              "MAMMO_DATABASE_URL değerini ve veritabanı sunucusunun çalıştığını denetleyin.",
+    },
+    "cli.serving_hint": {
+        "en": "Start the model server (`mammo serve-models` or TF Serving), check "
+              "MAMMO_SERVING_ADDRESS, and use `mammo models wait` to test it.",
+        "tr": "Model sunucusunu başlatın (`mammo serve-models` ya da TF Serving), "
+              "MAMMO_SERVING_ADDRESS değerini denetleyin ve `mammo models wait` ile sınayın.",
+    },
+    "cli.invalid_setting": {
+        "en": "Invalid setting {variable}: {message} (got {value}).",
+        "tr": "Geçersiz ayar {variable}: {message} (verilen: {value}).",
+    },
+    "cli.invalid_settings": {
+        "en": "Invalid settings: {message}.",
+        "tr": "Geçersiz ayarlar: {message}.",
+    },
     "cli.samples_copied": {
         "en": "Copied {count} CBIS-DDSM sample mammograms into {folder}.",
         "tr": "{count} CBIS-DDSM örnek mamogram {folder} klasörüne kopyalandı.",

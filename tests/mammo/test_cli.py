@@ -113,3 +113,59 @@ class TestGrantReporting:
     def test_sqlite_fails_with_clear_error(self, data_dir, capsys):
         assert main(["db", "grant-reporting", "reporter"]) == 1
         assert "database roles need PostgreSQL" in capsys.readouterr().err
+
+
+class TestOperatorMistakes:
+    def test_invalid_setting_names_variable(self, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MAMMO_BATCH_SIZE", "0")
+
+        assert main(["results"]) == 2
+        error = capsys.readouterr().err
+        assert "Invalid setting MAMMO_BATCH_SIZE" in error
+        assert "'0'" in error
+        assert "pydantic.dev" not in error
+
+    def test_cross_setting_check_is_one_line(self, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MAMMO_ENSEMBLE_WEIGHTS", '{"nosuch": 1}')
+
+        assert main(["results"]) == 2
+        assert capsys.readouterr().err.startswith(
+            "Invalid settings: ensemble_weights names models that are not served: ['nosuch']")
+
+    def test_negative_batch_size_rejected_by_parser(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["process", "--batch-size", "-3"])
+        assert "expected a whole number of 1 or more, got '-3'" in capsys.readouterr().err
+
+    def test_unreachable_database_is_explained(self, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MAMMO_DATABASE_URL",
+                           "postgresql+psycopg2://nobody:pw@127.0.0.1:1/x")
+
+        assert main(["results"]) == 1
+        error = capsys.readouterr().err
+        assert "Cannot connect to the results database" in error
+        assert "Check MAMMO_DATABASE_URL" in error
+        assert ":pw@" not in error
+
+
+class TestVersionWarnings:
+    def test_untrained_cnn_is_warned_about(self, data_dir, capsys):
+        from db.engine import make_engine, make_session_factory
+        from db.writes import record_model_versions
+        from mammo.cli import _version_row
+
+        engine = make_engine(f"sqlite:///{data_dir / 'mammo.db'}")
+        with make_session_factory(engine).begin() as session:
+            record_model_versions(session, [_version_row(
+                {"model_name": "cnn", "version": 1, "input_size": 224,
+                 "weights_source": "none", "weights_warning": None, "training": "none"})])
+        engine.dispose()
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--format", "csv"]) == 0
+        assert ("WARNING: cnn version 1 has not been trained on mammograms"
+                in capsys.readouterr().err)
