@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
+
+from tests.tasks.mammogram_files import make_dataset
 
 FAULT_MODEL = "cnn"
 FAULT_INPUT_SIZE = 32  # the smallest size the architectures accept, for fast scoring
@@ -87,28 +88,8 @@ def make_mammogram(rng: np.random.Generator) -> Dataset:
     pixels = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint16)
     pixels[breast] = rng.integers(800, 4000, int(breast.sum()), dtype=np.uint16)
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "MG"
-    ds.PatientID = "FAULT-TEST"
-    ds.Laterality = "L" if rng.random() < 0.5 else "R"
-    ds.ViewPosition = "CC"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    return ds
+    return make_dataset(pixels, PatientID="FAULT-TEST", AccessionNumber=None, StudyDate=None,
+                        Laterality="L" if rng.random() < 0.5 else "R", ViewPosition="CC")
 
 
 def sha256_of(path: Path) -> str:
