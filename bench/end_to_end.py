@@ -4,7 +4,7 @@ Every command builds a site of its own in a temporary folder. The site has a res
 database, created on the PostgreSQL server at ``--postgres-url`` and dropped at the end. It
 has the local model server (`mammo serve-models`) on a free port of 127.0.0.1 in a
 subprocess, and a model repository.
-By default the repository holds four tiny SavedModels that meet the serving contract and
+By default the repository contains four tiny SavedModels that meet the serving contract and
 return the mean pixel value: they stand in for a GPU, which scores far faster than these
 CPUs run the real architectures. ``--model-repository`` serves another repository instead.
 The inputs are copies of DICOM files (default the eight CBIS-DDSM samples, about 10 MB and

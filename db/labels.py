@@ -2,7 +2,7 @@
 
 A label names its target in one of two ways: one SOP instance (SOPInstanceUID), or one breast
 of a study (StudyInstanceUID with laterality L or R), which covers every view of that breast.
-The value is ``malignant``, ``benign`` or ``normal``; ``source`` says how it was confirmed
+The value is ``malignant``, ``benign`` or ``normal``; ``source`` records how it was confirmed
 (``biopsy``, ``follow-up``, ...). A target has at most one label per source.
 
 Import is idempotent: a row whose target and source are already stored with the same label
@@ -35,7 +35,7 @@ LABEL_VALUES: tuple[str, ...] = ("normal", "benign", "malignant")
 
 LATERALITIES: tuple[str, ...] = ("L", "R")
 
-#: Longest source text, the width of `Label.source`.
+#: Maximum length of the source text, the width of `Label.source`.
 MAX_SOURCE_LENGTH = 32
 
 #: A DICOM UID: dot-separated numbers without leading zeros, at most 64 characters

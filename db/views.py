@@ -11,7 +11,7 @@ Each level has ``text_en`` and ``text_tr`` columns, rendered in SQL from the sam
 the command line (`mammo.texts`), so a report reads the same wherever it is shown.
 
 The SQL differs between PostgreSQL and SQLite only in number formatting and in how a sorted
-list of views is aggregated; `view_statements` builds both from one definition.
+list of views is aggregated. `view_statements` builds both from one definition.
 Column names are a contract: add columns at the end, never rename or drop one without a new
 view name.
 """

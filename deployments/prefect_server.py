@@ -48,7 +48,7 @@ def local_prefect_server(port: int, *, log_file: Path,
     """
     api_url = f"http://127.0.0.1:{port}/api"
     if _healthy(api_url):
-        raise ConfigurationError(f"a Prefect server already answers on {api_url}; set "
+        raise ConfigurationError(f"a Prefect server already responds on {api_url}; set "
                                  f"PREFECT_API_URL={api_url} and run `mammo serve` without "
                                  "--with-server, or choose another --server-port")
     log_file.parent.mkdir(parents=True, exist_ok=True)

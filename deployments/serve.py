@@ -24,7 +24,7 @@ def serve_deployments(settings: Settings, *, with_server: bool = False,
     """Serve every deployment until interrupted.
 
     With ``with_server``, a local Prefect server is started first (see
-    `deployments.prefect_server`) and stopped afterwards; otherwise ``PREFECT_API_URL`` must
+    `deployments.prefect_server`) and stopped afterwards. Otherwise ``PREFECT_API_URL`` must
     name a running Prefect server, because Prefect's temporary API runs no scheduler.
     """
     if not with_server:

@@ -105,7 +105,7 @@ def claim_incoming(settings: Settings, work: WorkFolder) -> tuple[list[ClaimedFi
 
 
 def in_transaction(settings: Settings, session_factory, work: Callable[[Session], T]) -> T:
-    """Run ``work`` in one transaction, retried as the settings say when the database
+    """Run ``work`` in one transaction, retried as the settings specify when the database
     connection fails (see `db.writes.run_in_transaction`)."""
     return writes.run_in_transaction(
         session_factory, work, retries=settings.database_retries,

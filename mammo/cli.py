@@ -205,7 +205,7 @@ def cmd_samples_copy(settings: Settings, args: argparse.Namespace) -> int:
     target.mkdir(parents=True, exist_ok=True)
     files = sample_files()
     for source in files:
-        # Copy under a temporary name, then rename: the flow sees only complete files.
+        # Copy under a temporary name, then rename: the flow reads only complete files.
         final = target / f"{source.parent.name}_{source.name}"
         partial = target / f".{final.name}.part"
         shutil.copyfile(source, partial)

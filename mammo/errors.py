@@ -39,7 +39,7 @@ class ConfigurationError(MammoError, ValueError):
 
 
 class InputRejected(MammoError, ValueError):
-    """An input file cannot be scored; `reason` says why and picks its quarantine folder."""
+    """An input file cannot be scored; `reason` gives the cause and picks its quarantine folder."""
 
     def __init__(self, reason: ReasonCode, message: str) -> None:
         super().__init__(message)
@@ -59,4 +59,4 @@ class ModelContractError(ConfigurationError):
 
 
 class ModelRepositoryError(MammoError, RuntimeError):
-    """The model repository is missing a model or holds an unusable version."""
+    """The model repository is missing a model or contains an unusable version."""

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         32,
         ge=1,
         le=1024,
-        description="Most images in one Predict request. With batching enabled, TF Serving "
+        description="Maximum number of images in one Predict request. With batching enabled, TF Serving "
         "rejects a request of more images than max_batch_size in batching_parameters.txt "
         "with INVALID_ARGUMENT, so keep this at or below it.",
     )

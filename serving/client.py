@@ -13,7 +13,7 @@ models concurrently and reports, for each model, the version that the responses 
 
 Predict requests name the version that `check_models` found, so every request of one scoring
 call reaches the same version, with the input size read from that version's metadata. When
-the server answers NOT_FOUND because it unloaded that version (a newer one replaced it), the
+the server returns NOT_FOUND because it unloaded that version (a newer one replaced it), the
 client checks the model again once, takes the version now served with its input size, and
 scores that model's images again.
 
@@ -225,7 +225,7 @@ class ServingClient:
     ) -> ModelScores:
         """Score with ``model``; if its version is gone, resolve the model again and retry once.
 
-        ``resized`` holds the images at the sizes known before the call. A new version with
+        ``resized`` contains the images at the sizes known before the call. A new version with
         another input size gets its own resized copy.
         """
         try:

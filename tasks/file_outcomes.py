@@ -4,7 +4,7 @@ Run only after the batch's database transaction has committed:
 - a scored file moves to ``archive/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (kept for
   retraining); for a gzip file the decompressed copy is archived and the gzip file deleted;
 - a rejected file moves, bytes unchanged, to ``quarantine/<reason_code>/<claim id>__<name>``;
-- a duplicate is deleted, because the archive already holds the same bytes.
+- a duplicate is deleted, because the archive already contains the same bytes.
 
 A move that fails (disk full, permissions) is logged with the path and leaves the file in
 the work folder, where the next run reclaims it; the outcome rows are already stored.

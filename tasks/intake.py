@@ -1,6 +1,6 @@
 """Intake: find complete files in the watched folder and claim them for one run.
 
-A run owns the folder ``work/<flow_run_id>/`` and holds an exclusive `fcntl.flock` on its
+A run owns the folder ``work/<flow_run_id>/`` and keeps an exclusive `fcntl.flock` on its
 ``.lock`` file while it lives. Files are claimed by an atomic rename from ``incoming/`` into
 that folder, so two overlapping runs never get the same file: the second rename fails with
 FileNotFoundError and that run skips the file. The kernel releases the lock when a run's
@@ -117,7 +117,7 @@ class WorkFolder:
     def __enter__(self) -> WorkFolder:
         self.work_root.mkdir(parents=True, exist_ok=True)
         # Lock the folder before it becomes visible under its final name, so no other run
-        # ever sees it unlocked and mistakes it for a dead run's folder.
+        # ever finds it unlocked and mistakes it for a dead run's folder.
         staging = self.work_root / f".{self.run_id}.{uuid.uuid4().hex}"
         staging.mkdir()
         fd = os.open(staging / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
@@ -302,7 +302,7 @@ def wait_until_complete(paths: list[Path], *, stability_seconds: float,
     """Split ``paths`` into complete files and files still being written.
 
     A file is complete when its size and mtime have not changed for ``stability_seconds``.
-    Younger files are watched for up to ``max_wait_seconds``; those still changing then are
+    Younger files are watched for up to ``max_wait_seconds``. Those still changing then are
     returned as pending and stay in the incoming folder for the next run.
     """
     deadline = time.monotonic() + max_wait_seconds

@@ -159,7 +159,7 @@ def prepare_batch(
     """Prepare ``files`` for scoring.
 
     ``find_scored`` returns the (content hash, archive path) stored for an already scored
-    SOPInstanceUID, or None; ``seen_in_run`` maps the SOPInstanceUIDs
+    SOPInstanceUID, or None. ``seen_in_run`` maps the SOPInstanceUIDs
     this run has taken so far to their content hash and is updated here.
     """
     batch = PreparedBatch()

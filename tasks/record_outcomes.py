@@ -11,7 +11,7 @@ The write therefore checks again, inside its transaction, whether another run ha
 an instance of the batch since. If so, this run's copy becomes a duplicate (same content) or
 a UID conflict (other content), and the instance is not scored a second time. On PostgreSQL
 a transaction-scoped advisory lock per SOPInstanceUID makes the second run wait until the
-first commits, so the check sees its rows.
+first commits, so the check reads its rows.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def reject_invalid_scores(batch: PreparedBatch,
 
     NOTE: preparation has already marked a rejected image's SOPInstanceUID as seen in this
     run, so a second copy of it later in the same run is recorded as a duplicate although
-    only the quarantined copy holds its bytes.
+    only the quarantined copy keeps its bytes.
     """
     bad_models: dict[int, list[str]] = {}
     for name, run in model_runs.items():

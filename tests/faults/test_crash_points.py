@@ -5,7 +5,7 @@ itself at one call of a product function (see `tests.faults.crash_at`). The poin
 middle of claiming, the middle of reclaiming a dead run's files, inside the database
 transaction, the middle of the file moves, and between a batch's commit and its moves. Every run after the first starts
 from what the killed runs left behind. Copies of every instance arrive after the crashes, so
-the final run (one batch holding everything) sees a copy next to the committed but
+the final run (one batch holding everything) finds a copy next to the committed but
 unarchived file it duplicates.
 """
 

@@ -53,7 +53,8 @@ class TestProcessIncoming:
         for _, row in frame.iterrows():
             for name in MODEL_NAMES:
                 probability = row[f"{name}_probability"]
-                assert 0.0 <= probability <= 1.0 and math.isfinite(probability)
+                assert math.isfinite(probability)
+                assert 0.0 <= probability <= 1.0
                 assert row[f"{name}_version"] == 1
             assert 0.0 <= row["probability"] <= 1.0
             assert row["category"] in {"suspicious", "not_suspicious"}
