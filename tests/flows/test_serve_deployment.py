@@ -59,7 +59,10 @@ class TestServeDeployment:
             while time.monotonic() < deadline and process.poll() is None:
                 with engine.connect() as connection:
                     runs = connection.execute(select(ProcessingRun)).all()
-                if sum(run.scored for run in runs) >= 2 and len(runs) >= 2:
+                # Wait for two finished runs: a run that has only started is not enough to
+                # check that runs never overlap.
+                finished_runs = [run for run in runs if run.finished_at is not None]
+                if sum(run.scored for run in runs) >= 2 and len(finished_runs) >= 2:
                     break
                 time.sleep(2)
         finally:
