@@ -45,11 +45,12 @@ becomes ``"UNKNOWN"``.
 from __future__ import annotations
 
 import datetime
+import io
 import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -172,6 +173,7 @@ def read_instance(
     *,
     allowed_modalities: tuple[str, ...] = ("MG",),
     max_pixels: int = 80_000_000,
+    data: bytes | None = None,
 ) -> DicomInstance:
     """Read the DICOM file at `path` and check that it is an image the models can score.
 
@@ -183,6 +185,9 @@ def read_instance(
         Modality (0008,0060) values accepted for scoring.
     max_pixels
         Largest Rows x Columns accepted.
+    data
+        The file's bytes when the caller has read them already (to hash them, say); the
+        file is then not opened again. `path` still names the file in messages.
 
     Returns
     -------
@@ -196,7 +201,7 @@ def read_instance(
         For every check listed in this module's docstring, with its reason code.
     """
     path = Path(path)
-    header, has_pixel_data = _read_header(path)
+    header, has_pixel_data = _read_header(path, data)
     _check_header(header, path, allowed_modalities=allowed_modalities)
     if not has_pixel_data:
         declared = [keyword for keyword in ("Rows", "Columns", "BitsAllocated")
@@ -221,7 +226,7 @@ def read_instance(
     _check_frames_and_size(header, path, max_pixels=max_pixels)
     _check_transfer_syntax(header, path)
 
-    dataset = _read_full(path, header)
+    dataset = _read_full(path, header, data)
     instance = _build_instance(path, dataset)
     logger.debug(
         "Read SOPInstanceUID %s: laterality %s, view %s",
@@ -235,9 +240,13 @@ def read_instance(
 # --- Reading ------------------------------------------------------------------------------
 
 
-def _read_header(path: Path) -> tuple[Dataset, bool]:
+def _open(path: Path, data: bytes | None) -> BinaryIO:
+    return path.open("rb") if data is None else io.BytesIO(data)
+
+
+def _read_header(path: Path, data: bytes | None) -> tuple[Dataset, bool]:
     """Read the data set up to Pixel Data and peek whether a Pixel Data element follows."""
-    with path.open("rb") as file:
+    with _open(path, data) as file:
         has_prefix = _has_dicm_prefix(file)
         try:
             header = pydicom.dcmread(file, force=True, stop_before_pixels=True)
@@ -274,7 +283,8 @@ def _read_header(path: Path) -> tuple[Dataset, bool]:
             "sender for a standard transfer syntax.")
     if transfer_syntax.is_deflated:
         # The bytes on disk are a zlib stream, so only a full read shows the elements.
-        return header, "PixelData" in pydicom.dcmread(path, force=True)
+        with _open(path, data) as file:
+            return header, "PixelData" in pydicom.dcmread(file, force=True)
     return header, next_tag == _PIXEL_DATA_TAG_BYTES[_is_little_endian(header)]
 
 
@@ -332,9 +342,10 @@ def _check_header_complete(header: Dataset, path: Path) -> None:
             f"{declared} bytes; the file is truncated. Send the complete file again.")
 
 
-def _read_full(path: Path, header: Dataset) -> Dataset:
+def _read_full(path: Path, header: Dataset, data: bytes | None) -> Dataset:
     """Read the whole file, Pixel Data included, after the header checks passed."""
-    dataset = pydicom.dcmread(path, force=True)
+    with _open(path, data) as file:
+        dataset = pydicom.dcmread(file, force=True)
 
     # When the file ends inside encapsulated Pixel Data, pydicom 3 only warns and returns a
     # data set without any elements, although the header read above found them.
