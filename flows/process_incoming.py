@@ -5,9 +5,9 @@ Sequence of one run:
    of every supported transfer syntax decodes (fail fast, before any file is touched);
 2. lock a work folder, reclaim files left by dead runs, wait until new files are complete and
    claim them by atomic rename;
-3. per batch: read, deduplicate and preprocess; score with the four models; ensemble; write
-   all outcomes in one transaction; then archive, quarantine or delete the files. The
-   ensemble uses the weights and threshold that the retraining flow stored for the served
+3. per batch: read, deduplicate and preprocess (on worker processes, ahead of scoring);
+   score with the four models; ensemble; write all outcomes in one transaction; then
+   archive, quarantine or delete the files. The ensemble uses the weights and threshold that the retraining flow stored for the served
    versions, or the settings' when it stored none;
 4. record the run and publish a summary artifact.
 
@@ -18,6 +18,7 @@ the work folder, where the next run reclaims them: nothing is quarantined for a 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -46,7 +47,7 @@ from tasks.intake import (
     remove_empty_folders,
     wait_until_complete,
 )
-from tasks.parallel_prepare import PreparationPipeline, open_settings_executor
+from tasks.parallel_prepare import PreparationPipeline, ScoredLookup, open_settings_executor
 from tasks.prepare import PreparedBatch
 from tasks.preprocess import PREPROCESSING_VERSION
 from tasks.record_outcomes import ModelRun, record_batch
@@ -112,29 +113,17 @@ def in_transaction(settings: Settings, session_factory, work: Callable[[Session]
         backoff_seconds=settings.database_retry_backoff_seconds)
 
 
-def _scored_lookup(settings: Settings, session_factory
-                   ) -> Callable[[str], tuple[str, str] | None]:
-    """Return a function that returns the (content hash, archive path) of a scored UID."""
-    def find_scored(uid: str) -> tuple[str, str] | None:
-        found = in_transaction(settings, session_factory,
-                               lambda session: writes.find_instances(session, [uid]).get(uid))
-        return None if found is None else (found.content_hash, found.archive_path)
+def _scored_lookup(settings: Settings, session_factory) -> ScoredLookup:
+    """Return a function that returns the (content hash, archive path) of each given UID
+    that an earlier run scored, in one query."""
+    def find_scored(uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        def read(session: Session) -> dict[str, tuple[str, str]]:
+            return {uid: (row.content_hash, row.archive_path)
+                    for uid, row in writes.find_instances(session, uids).items()}
+
+        return in_transaction(settings, session_factory, read)
 
     return find_scored
-
-
-@task(cache_policy=NO_CACHE)
-def prepare(pipeline: PreparationPipeline) -> PreparedBatch | None:
-    """Return the next batch, prepared by the workers while the flow scored the previous
-    one, or None after the last batch."""
-    batch = pipeline.next_batch()
-    if batch is None:
-        return None
-    get_run_logger().info(
-        "Batch prepared: %d to score, %d duplicates, %d rejected, %d to re-archive",
-        len(batch.to_score), len(batch.duplicates), len(batch.rejections),
-        len(batch.unarchived))
-    return batch
 
 
 @task(cache_policy=NO_CACHE)
@@ -178,10 +167,13 @@ def choose_ensemble_settings(settings: Settings, session_factory,
 @task(cache_policy=NO_CACHE)
 def record(settings: Settings, session_factory, batch: PreparedBatch,
            model_runs: dict[str, ModelRun], run_id: str,
-           ensemble_settings: EnsembleSettings) -> None:
-    """Combine the scores and write the batch's outcomes in one transaction.
+           ensemble_settings: EnsembleSettings) -> dict[str, int]:
+    """Combine the scores, write the batch's outcomes in one transaction, then archive,
+    quarantine or delete its files; return the number of files moved per destination.
 
     Instances that another run recorded first become duplicates or rejections of ``batch``.
+    A crash between the commit and the moves leaves the files in the work folder, where the
+    next run finds their outcomes and only moves them.
     """
     ensemble = []
     if batch.to_score:
@@ -199,10 +191,6 @@ def record(settings: Settings, session_factory, batch: PreparedBatch,
             + len(settlement.rejections), len(settlement.duplicates),
             len(settlement.rejections))
     settlement.apply(batch)
-
-
-@task(cache_policy=NO_CACHE)
-def move_files(settings: Settings, batch: PreparedBatch) -> dict[str, int]:
     return apply_file_outcomes(batch, archive_dir=settings.archive_dir,
                                quarantine_dir=settings.quarantine_dir)
 
@@ -274,15 +262,14 @@ def process_incoming(
                 find_scored=_scored_lookup(settings, session_factory), seen_in_run={},
                 allowed_modalities=settings.allowed_modalities,
                 max_pixels=settings.max_pixels, ahead=settings.prepare_ahead_batches))
-            number = 0
-            # quote() hands the objects over as they are: Prefect would otherwise copy
-            # collections while resolving inputs.
-            while (batch := prepare(quote(pipeline))) is not None:
-                number += 1
+            # Two task runs per batch: every task run costs the Prefect API some work, and
+            # waiting for the workers' next batch is not a step of its own.
+            for number, batch in enumerate(pipeline, start=1):
+                # quote() hands the objects over as they are: Prefect would otherwise copy
+                # collections while resolving inputs.
                 model_runs = score(client, quote(batch))
                 record(settings, session_factory, quote(batch), model_runs, run_id,
                        ensemble_settings)
-                move_files(settings, quote(batch))
                 counts["scored"] += len(batch.to_score)
                 counts["duplicates"] += len(batch.duplicates)
                 counts["quarantined"] += len(batch.rejections)

@@ -1,43 +1,45 @@
-"""Prepare batches on worker processes, one batch ahead of the batch being scored.
+"""Prepare batches on worker processes, ahead of the batch being scored.
 
 `PreparationPipeline` turns the claimed files of a run into `PreparedBatch` objects, the
 same outcomes that `tasks.prepare.prepare_batch` gives, with the work split in two:
 
-1. `inspect_file`, on a worker: the regular-file and empty checks, gzip decompression,
-   the SHA-256 of the bytes and the DICOM header checks of `read_instance`.
+1. `prepare_file`, on a worker, for every file: the regular-file and empty checks, gzip
+   decompression, one read of the bytes, their SHA-256, the DICOM header checks of
+   `read_instance` on those bytes, and the canonical image.
 2. The duplicate decision, in the parent process and in claim order: SOPInstanceUID plus
-   content hash against ``seen_in_run`` and the results database. Only the parent reads
-   and updates ``seen_in_run``, so parallel workers cannot score one instance twice.
-3. `preprocess_file`, on a worker, for new instances only: read the file again (from the
-   page cache) and compute the canonical image.
+   content hash against ``seen_in_run`` and the results database, asked once per batch.
+   Only the parent reads and updates ``seen_in_run``, so parallel workers cannot score one
+   instance twice.
+
+Each file is read once and crosses the process boundary once. The price is that a
+duplicate is preprocessed before it is recognised, so a study sent twice costs the CPU of
+a new one (but is scored once); in return the workers never wait for the parent's decisions
+or the database.
 
 A background thread runs these steps batch after batch and hands finished batches to the
-flow through a queue of ``ahead`` batches, so the workers prepare the next batch while the
-flow scores, records and moves the current one. At most ``ahead + 2`` batches of canonical
-images exist at a time: the one being scored, ``ahead`` in the queue and the one being
-assembled. Phase 1 of the next batch runs while phase 2 of the current one
-finishes, so the workers do not wait for the parent's decisions.
-
-Where the sequential `prepare_batch` decides a file only after the previous file's
-preprocessing finished, this pipeline waits for that preprocessing only when the file
-repeats a SOPInstanceUID still being preprocessed; the outcome of every file is the same.
+flow through a queue of ``ahead`` batches, so the workers prepare the next batches while the
+flow scores, records and moves the current one. The workers always have the files of the
+batch after the one being collected, so at most ``ahead + 3`` batches of canonical images
+exist at a time: the one being scored, ``ahead`` in the queue, the one being collected and
+the one after it.
 
 The workers are a `concurrent.futures.ProcessPoolExecutor` (``MAMMO_PREPROCESS_WORKERS``
-processes, started with ``spawn`` so that no worker inherits the flow's gRPC or TensorFlow
-threads) or Prefect's Dask task runner (``MAMMO_PREPROCESS_EXECUTOR=dask``). With 0 workers
-every step runs in the flow's own thread, one file after the other, as before.
+processes, forked from a clean server process so that no worker inherits the flow's gRPC or
+TensorFlow threads) or Prefect's Dask task runner (``MAMMO_PREPROCESS_EXECUTOR=dask``). With 0 workers
+every step runs in the flow's own thread, one file after the other.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import hashlib
 import logging
 import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -74,20 +76,12 @@ logger = logging.getLogger(__name__)
 #: the queue, and while the flow waits for the next batch.
 POLL_SECONDS = 0.5
 
+#: Returns the (content hash, archive path) stored for each of the given SOPInstanceUIDs
+#: that an earlier run scored; UIDs never scored are left out.
+ScoredLookup = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
+
 
 # --- Work done on the workers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InspectedFile:
-    """A claimed file whose bytes were hashed and whose DICOM header passed the checks."""
-
-    claimed: ClaimedFile
-    dicom_path: Path
-    content_hash: str
-    info: InstanceInfo
-    #: The decompressed copy of a gzip file, else None.
-    decompressed_path: Path | None
 
 
 @dataclass(frozen=True)
@@ -98,13 +92,31 @@ class PreprocessFailure:
     message: str
 
 
-def inspect_file(claimed: ClaimedFile, *, allowed_modalities: tuple[str, ...],
-                 max_pixels: int) -> InspectedFile | Rejection:
-    """Check, decompress, hash and read the header of one claimed file.
+@dataclass(frozen=True)
+class PreparedFile:
+    """A claimed file whose DICOM header passed the checks, with its hash and the outcome of
+    its preprocessing."""
+
+    claimed: ClaimedFile
+    dicom_path: Path
+    content_hash: str
+    info: InstanceInfo
+    #: The decompressed copy of a gzip file, else None.
+    decompressed_path: Path | None
+    #: The canonical image, or why preprocessing rejected the instance.
+    image: np.ndarray | PreprocessFailure
+
+
+def prepare_file(claimed: ClaimedFile, *, image_size: int,
+                 allowed_modalities: tuple[str, ...], max_pixels: int
+                 ) -> PreparedFile | Rejection:
+    """Check, decompress, hash, read and preprocess one claimed file, reading it once.
 
     Runs on a worker, which has no log handlers, so the caller logs the rejections.
     Returns a `Rejection` with the reason and message that `tasks.prepare.prepare_batch`
-    gives for the same file.
+    gives for the same file. An `InputRejected` from decoding or preprocessing is returned
+    as a `PreprocessFailure` in `PreparedFile.image`, because whether it counts depends on
+    the duplicate decision: a duplicate of a scored instance stays a duplicate.
     """
     max_dicom_bytes = max_pixels * MAX_BYTES_PER_PIXEL + HEADER_ALLOWANCE_BYTES
     try:
@@ -115,36 +127,39 @@ def inspect_file(claimed: ClaimedFile, *, allowed_modalities: tuple[str, ...],
 
     dicom_path = decompressed or claimed.path
     try:
-        content_hash = hash_file(dicom_path)
+        data, content_hash = _read_and_hash(dicom_path, max_bytes=max_dicom_bytes)
     except OSError as error:
         _discard(decompressed)
         return Rejection(claimed, ReasonCode.INCOMPLETE,
                          f"cannot read {claimed.original_name}: {error}; send the file again")
     try:
         instance = read_instance(dicom_path, allowed_modalities=allowed_modalities,
-                                 max_pixels=max_pixels)
+                                 max_pixels=max_pixels, data=data)
     except InputRejected as rejected:
         _discard(decompressed)
         return Rejection(claimed, rejected.reason,
                          _name_original(rejected.message, dicom_path, claimed),
                          content_hash=content_hash)
-    return InspectedFile(claimed, dicom_path, content_hash, InstanceInfo.from_instance(instance),
-                         decompressed)
-
-
-def preprocess_file(dicom_path: Path, *, image_size: int, allowed_modalities: tuple[str, ...],
-                    max_pixels: int) -> np.ndarray | PreprocessFailure:
-    """Read one file that `inspect_file` accepted and return its canonical image.
-
-    Runs on a worker. An `InputRejected` from decoding or preprocessing is returned as a
-    `PreprocessFailure`, so that it crosses the process boundary as plain data.
-    """
+    del data  # the data set holds what it needs; free the file's bytes before decoding
     try:
-        instance = read_instance(dicom_path, allowed_modalities=allowed_modalities,
-                                 max_pixels=max_pixels)
-        return preprocess(instance, image_size)
+        image: np.ndarray | PreprocessFailure = preprocess(instance, image_size)
     except InputRejected as rejected:
-        return PreprocessFailure(rejected.reason, rejected.message)
+        image = PreprocessFailure(rejected.reason, rejected.message)
+    return PreparedFile(claimed, dicom_path, content_hash, InstanceInfo.from_instance(instance),
+                        decompressed, image)
+
+
+def _read_and_hash(path: Path, *, max_bytes: int) -> tuple[bytes | None, str]:
+    """Return the file's bytes and their SHA-256 hex digest.
+
+    A file larger than ``max_bytes`` cannot hold an image of the allowed size, and is
+    hashed in chunks instead of being held in memory; its bytes are returned as None, and
+    `read_instance` reads the header from the file and rejects it.
+    """
+    if path.stat().st_size > max_bytes:
+        return None, hash_file(path)
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _discard(decompressed: Path | None) -> None:
@@ -190,7 +205,7 @@ class DaskExecutor:
         self._runner = runner
         self._tasks = {
             function: task(function, cache_policy=NO_CACHE, persist_result=False)
-            for function in (inspect_file, preprocess_file)
+            for function in (prepare_file,)
         }
 
     @property
@@ -252,7 +267,7 @@ class _ProcessPool(AbstractContextManager):
             return InlineExecutor()
         logger.info("Starting %d preprocessing worker processes", self._workers)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
+            max_workers=self._workers, mp_context=_worker_context(),
             initializer=_init_worker)
         return self._pool
 
@@ -260,6 +275,21 @@ class _ProcessPool(AbstractContextManager):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             logger.info("Stopped the preprocessing worker processes")
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Return the start method of the worker processes.
+
+    "forkserver" where the platform has it: a fresh server process imports this module
+    (pydicom, NumPy, OpenCV) once, and each worker is forked from it, so N workers cost one
+    import instead of N. Like "spawn", it keeps the flow's gRPC and TensorFlow threads out
+    of the workers, which "fork" would copy in an undefined state.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _init_worker() -> None:
@@ -310,6 +340,10 @@ class PreparationPipeline:
     """Prepare ``files`` in batches of ``batch_size`` on ``executor``, ``ahead`` batches
     ahead of the batch the caller is working on.
 
+    ``find_scored`` is asked once per batch for the SOPInstanceUIDs that this run has not
+    seen yet. ``seen_in_run`` maps the SOPInstanceUIDs this run has taken so far to their
+    content hash and is updated here.
+
     Iterate over it, or call `next_batch` until it returns None. Use it as a context
     manager: leaving the block stops the preparation thread. Batches already handed out
     are the caller's; files of batches never handed out stay in the work folder.
@@ -322,7 +356,7 @@ class PreparationPipeline:
         *,
         batch_size: int,
         image_size: int,
-        find_scored: Callable[[str], tuple[str, str] | None],
+        find_scored: ScoredLookup,
         seen_in_run: MutableMapping[str, str],
         allowed_modalities: tuple[str, ...],
         max_pixels: int,
@@ -418,16 +452,13 @@ class PreparationPipeline:
         try:
             upcoming = self._start(self._chunks[0]) if self._chunks else []
             for number in range(len(self._chunks)):
-                current, upcoming = upcoming, []
-
-                def start_next(following: int = number + 1) -> None:
-                    nonlocal upcoming
-                    if following < len(self._chunks):
-                        upcoming = self._start(self._chunks[following])
-
-                # Phase 1 of the next batch is submitted as soon as this batch's new
-                # instances are, so the workers do not wait while this thread collects.
-                self._put(self._finish(current, on_submitted=start_next))
+                current = upcoming
+                # The workers get the next batch's files before this batch is collected,
+                # so they stay busy while this thread decides and waits for room.
+                following = number + 1
+                upcoming = (self._start(self._chunks[following])
+                            if following < len(self._chunks) else [])
+                self._put(self._finish(current))
             self._put(None)
         except _Stop:
             logger.info("Preparation stopped before the last batch")
@@ -448,79 +479,59 @@ class PreparationPipeline:
                 continue
 
     def _start(self, chunk: list[ClaimedFile]) -> list[tuple[ClaimedFile, Any]]:
-        """Submit phase 1 (`inspect_file`) of every file of a batch."""
-        return [(claimed, self._executor.submit(inspect_file, claimed, **self._read_options))
+        """Submit `prepare_file` for every file of a batch."""
+        return [(claimed, self._executor.submit(prepare_file, claimed,
+                                                image_size=self._image_size,
+                                                **self._read_options))
                 for claimed in chunk]
 
-    def _finish(self, inspections: list[tuple[ClaimedFile, Any]],
-                on_submitted: Callable[[], None] = lambda: None) -> PreparedBatch:
-        """Decide every file of a batch in claim order, preprocess the new ones and
-        return the batch."""
+    def _finish(self, submitted: list[tuple[ClaimedFile, Any]]) -> PreparedBatch:
+        """Decide every file of a batch in claim order and return the batch."""
+        results = [(claimed, future.result()) for claimed, future in submitted]
+        unseen = sorted({result.info.sop_instance_uid for _, result in results
+                         if isinstance(result, PreparedFile)} - self._seen_in_run.keys())
+        scored_before = self._find_scored(unseen) if unseen else {}
+
         batch = PreparedBatch()
-        # SOPInstanceUID -> index into `pending` of a new instance still being preprocessed.
-        in_flight: dict[str, int] = {}
-        pending: list[tuple[InspectedFile, Any]] = []
-        results: dict[int, np.ndarray | PreprocessFailure] = {}
-
-        def settle(index: int) -> None:
-            inspected, future = pending[index]
-            results[index] = future.result()
-            if isinstance(results[index], np.ndarray):
-                self._seen_in_run[inspected.info.sop_instance_uid] = inspected.content_hash
-            in_flight.pop(inspected.info.sop_instance_uid, None)
-
-        for claimed, future in inspections:
-            inspected = future.result()
-            if isinstance(inspected, Rejection):
-                logger.warning("Rejected %s: %s (%s)", claimed.claim_id, inspected.reason,
-                               inspected.message)
-                batch.rejections.append(inspected)
+        for claimed, prepared in results:
+            if isinstance(prepared, Rejection):
+                logger.warning("Rejected %s: %s (%s)", claimed.claim_id, prepared.reason,
+                               prepared.message)
+                batch.rejections.append(prepared)
                 continue
-            uid = inspected.info.sop_instance_uid
-            if uid in in_flight:
-                # An earlier file of this batch has the same UID and is still being
-                # preprocessed: its outcome decides whether this one is a duplicate.
-                settle(in_flight[uid])
-            outcome = _classify(claimed, inspected.info, inspected.content_hash,
-                                self._find_scored, self._seen_in_run)
+            uid = prepared.info.sop_instance_uid
+            outcome = _classify(claimed, prepared.info, prepared.content_hash,
+                                scored_before.get, self._seen_in_run)
             if isinstance(outcome, Unarchived):
                 # Its archive file appears only after this batch's moves, so a copy later
                 # in the run must be found here and recorded as a duplicate.
-                self._seen_in_run[uid] = inspected.content_hash
+                self._seen_in_run[uid] = prepared.content_hash
                 batch.unarchived.append(_with_decompressed(outcome,
-                                                           inspected.decompressed_path))
+                                                           prepared.decompressed_path))
                 continue
             if outcome is not None:
-                _discard(inspected.decompressed_path)
+                _discard(prepared.decompressed_path)
                 _append(batch, outcome)
                 continue
-            in_flight[uid] = len(pending)
-            pending.append((inspected, self._executor.submit(
-                preprocess_file, inspected.dicom_path, image_size=self._image_size,
-                **self._read_options)))
-        on_submitted()
-
-        for index, (inspected, _) in enumerate(pending):
-            if index not in results:
-                settle(index)
-            self._collect(batch, inspected, results[index])
+            self._collect(batch, prepared)
         return batch
 
-    @staticmethod
-    def _collect(batch: PreparedBatch, inspected: InspectedFile,
-                 result: np.ndarray | PreprocessFailure) -> None:
-        claimed, uid = inspected.claimed, inspected.info.sop_instance_uid
-        if isinstance(result, PreprocessFailure):
-            logger.warning("Rejected SOPInstanceUID %s: %s (%s)", uid, result.reason,
-                           result.message)
+    def _collect(self, batch: PreparedBatch, prepared: PreparedFile) -> None:
+        """Add a new instance to the batch: to score, or rejected by its preprocessing."""
+        claimed, uid = prepared.claimed, prepared.info.sop_instance_uid
+        if isinstance(prepared.image, PreprocessFailure):
+            failure = prepared.image
+            logger.warning("Rejected SOPInstanceUID %s: %s (%s)", uid, failure.reason,
+                           failure.message)
             batch.rejections.append(Rejection(
-                claimed, result.reason,
-                _name_original(result.message, inspected.dicom_path, claimed),
-                content_hash=inspected.content_hash, sop_instance_uid=uid))
-            _discard(inspected.decompressed_path)
+                claimed, failure.reason,
+                _name_original(failure.message, prepared.dicom_path, claimed),
+                content_hash=prepared.content_hash, sop_instance_uid=uid))
+            _discard(prepared.decompressed_path)
             return
-        logger.debug("Prepared SOPInstanceUID %s (%s %s)", uid, inspected.info.laterality,
-                     inspected.info.view)
-        batch.to_score.append(ScoredInput(claimed, inspected.content_hash, inspected.info,
-                                          inspected.decompressed_path))
-        batch.images.append(result)
+        self._seen_in_run[uid] = prepared.content_hash
+        logger.debug("Prepared SOPInstanceUID %s (%s %s)", uid, prepared.info.laterality,
+                     prepared.info.view)
+        batch.to_score.append(ScoredInput(claimed, prepared.content_hash, prepared.info,
+                                          prepared.decompressed_path))
+        batch.images.append(prepared.image)

@@ -36,13 +36,12 @@ class TestDaskPreprocessing:
         assert result["duplicates"] == 1
         assert result["quarantined"] == 1
         task_names = _task_run_names(result["flow_run_id"])
-        assert task_names.count("inspect_file") == 5
-        assert task_names.count("preprocess_file") == 3
+        assert task_names.count("prepare_file") == 5
         assert list(incoming.iterdir()) == []
 
 
 def _task_run_names(flow_run_id: str) -> list[str]:
-    """Return the task name of every task run of the flow run, e.g. "inspect_file"."""
+    """Return the task name of every task run of the flow run, e.g. "prepare_file"."""
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)

@@ -16,9 +16,10 @@ from tasks.intake import WorkFolder
 from tasks.parallel_prepare import (
     InlineExecutor,
     PreparationPipeline,
-    inspect_file,
+    PreparedFile,
+    PreprocessFailure,
     open_executor,
-    preprocess_file,
+    prepare_file,
 )
 from tasks.prepare import PreparedBatch, hash_file, prepare_batch
 from tests.tasks.mammogram_files import make_breast_pixels, make_dataset, write_dataset
@@ -71,7 +72,11 @@ def _mixed_folder(folder: Path, cbis_ddsm_files: list[Path]) -> dict[str, str]:
     # UID an earlier run scored with other content.
     scored = _write(folder / "13_scored_before.dcm")
     conflict = _write(folder / "14_conflicts_with_scored.dcm")
-    return {_uid(scored): hash_file(scored), _uid(conflict): "0" * 64}
+    # A copy of a scored instance whose preprocessing fails (a blank image): still a
+    # duplicate, although the workers preprocess it before the decision.
+    blank = _write(folder / "15_blank_scored_before.dcm", np.zeros((96, 64), np.uint16))
+    return {_uid(scored): hash_file(scored), _uid(conflict): "0" * 64,
+            _uid(blank): hash_file(blank)}
 
 
 def _claim_all(folder: Path, work_root: Path, run_id: str) -> WorkFolder:
@@ -121,10 +126,14 @@ def _lookup(scored: dict[str, str], uid: str) -> tuple[str, str] | None:
     return (scored[uid], __file__) if uid in scored else None
 
 
+def _lookup_many(scored: dict[str, str], uids) -> dict[str, tuple[str, str]]:
+    return {uid: found for uid in uids if (found := _lookup(scored, uid)) is not None}
+
+
 def _prepare_in_pipeline(executor, files, scored: dict[str, str], batch_size: int):
     with PreparationPipeline(executor, files, batch_size=batch_size, image_size=IMAGE_SIZE,
-                             find_scored=lambda uid: _lookup(scored, uid), seen_in_run={},
-                             **READ_OPTIONS) as pipeline:
+                             find_scored=lambda uids: _lookup_many(scored, uids),
+                             seen_in_run={}, **READ_OPTIONS) as pipeline:
         return list(pipeline)
 
 
@@ -166,6 +175,7 @@ class TestSameOutcomes:
         assert outcomes["12_reused_conflict.dcm"][1] is ReasonCode.UID_CONFLICT
         assert kinds["13_scored_before.dcm"] == "duplicate"
         assert outcomes["14_conflicts_with_scored.dcm"][1] is ReasonCode.UID_CONFLICT
+        assert kinds["15_blank_scored_before.dcm"] == "duplicate"
         assert sum(kind == "scored" for kind in kinds.values()) == 6
         work.__exit__(None, None, None)
 
@@ -176,30 +186,44 @@ class TestSameOutcomes:
         work = _claim_all(tmp_path / "in", tmp_path / "work", "run")
 
         [claimed] = work.files()
-        inspect_file(claimed, allowed_modalities=("CT",), max_pixels=80_000_000)
+        rejection = prepare_file(claimed, image_size=IMAGE_SIZE, allowed_modalities=("CT",),
+                                 max_pixels=80_000_000)
 
+        assert rejection.reason is ReasonCode.NOT_MAMMOGRAM
         hidden = [path.name for path in work.path.iterdir() if path.name.startswith(".")]
         assert not any(name.endswith(".decompressed.dcm") for name in hidden)
         work.__exit__(None, None, None)
 
 
 class TestWorkers:
-    def test_preprocess_file_matches_preprocess(self, cbis_ddsm_files):
+    def test_prepare_file_matches_preprocess(self, tmp_path, cbis_ddsm_files):
         from tasks.dicom_read import read_instance
         from tasks.preprocess import preprocess
 
-        image = preprocess_file(cbis_ddsm_files[0], image_size=IMAGE_SIZE, **READ_OPTIONS)
+        (tmp_path / "in").mkdir()
+        shutil.copyfile(cbis_ddsm_files[0], tmp_path / "in" / "cbis.dcm")
+        work = _claim_all(tmp_path / "in", tmp_path / "work", "run")
+        [claimed] = work.files()
 
+        prepared = prepare_file(claimed, image_size=IMAGE_SIZE, **READ_OPTIONS)
+
+        assert isinstance(prepared, PreparedFile)
+        assert prepared.content_hash == hash_file(cbis_ddsm_files[0])
         expected = preprocess(read_instance(cbis_ddsm_files[0]), IMAGE_SIZE)
-        assert np.array_equal(image, expected)
+        assert np.array_equal(prepared.image, expected)
+        work.__exit__(None, None, None)
 
     def test_preprocess_failure_is_data(self, tmp_path):
-        path = _corrupt_copy(_write(tmp_path / "whole.dcm"), tmp_path / "cut.dcm")
+        uid = _uid(_write(tmp_path / "in" / "blank.dcm", np.zeros((96, 64), np.uint16)))
+        work = _claim_all(tmp_path / "in", tmp_path / "work", "run")
+        [claimed] = work.files()
 
-        failure = preprocess_file(path, image_size=IMAGE_SIZE, **READ_OPTIONS)
+        prepared = prepare_file(claimed, image_size=IMAGE_SIZE, **READ_OPTIONS)
 
-        assert failure.reason is ReasonCode.CORRUPT_PIXEL_DATA
-        assert "cut.dcm" in failure.message
+        assert isinstance(prepared.image, PreprocessFailure)
+        assert prepared.image.reason is ReasonCode.BLANK_IMAGE
+        assert prepared.info.sop_instance_uid == uid
+        work.__exit__(None, None, None)
 
     def test_unknown_executor_raises(self):
         with pytest.raises(ValueError, match="unknown preprocessing executor 'threads'"):
@@ -226,8 +250,8 @@ class TestPipeline:
     def test_lookup_error_reaches_caller(self, tmp_path):
         work = self._claimed(tmp_path, 2)
 
-        def failing_lookup(uid: str):
-            raise ConnectionError(f"database down while looking up {uid}")
+        def failing_lookup(uids):
+            raise ConnectionError(f"database down while looking up {uids}")
 
         with open_executor("processes", 1) as executor:
             with PreparationPipeline(executor, work.files(), batch_size=1,
@@ -237,12 +261,38 @@ class TestPipeline:
                     pipeline.next_batch()
         work.__exit__(None, None, None)
 
+    def test_lookup_asked_once_per_batch_for_unseen_uids(self, tmp_path):
+        work = self._claimed(tmp_path, 5)
+        files = _in_name_order(work)
+        uids = [_uid(claimed.path) for claimed in files]
+        # A byte copy of the first file, in the second batch: by then its UID is seen.
+        shutil.copyfile(files[0].path, tmp_path / "in" / "005.dcm")
+        work.claim(tmp_path / "in", tmp_path / "in" / "005.dcm")
+        files += [claimed for claimed in work.files()
+                  if claimed.original_name == "005.dcm"]
+        asked: list[list[str]] = []
+
+        def lookup(uids):
+            asked.append(list(uids))
+            return {}
+
+        with open_executor("processes", 2) as executor:
+            with PreparationPipeline(executor, files, batch_size=3, image_size=IMAGE_SIZE,
+                                     find_scored=lookup, seen_in_run={},
+                                     **READ_OPTIONS) as pipeline:
+                batches = list(pipeline)
+
+        assert asked == [sorted(uids[:3]), sorted(uids[3:])]
+        assert [len(batch.to_score) for batch in batches] == [3, 2]
+        assert len(batches[1].duplicates) == 1
+        work.__exit__(None, None, None)
+
     def test_close_stops_preparation(self, tmp_path):
         work = self._claimed(tmp_path, 6)
         with open_executor("processes", 1) as executor:
             pipeline = PreparationPipeline(executor, work.files(), batch_size=1,
                                            image_size=IMAGE_SIZE,
-                                           find_scored=lambda uid: None, seen_in_run={},
+                                           find_scored=lambda uids: {}, seen_in_run={},
                                            **READ_OPTIONS)
             first = pipeline.next_batch()
             closer = threading.Thread(target=pipeline.close)
@@ -264,5 +314,5 @@ class TestPipeline:
     def test_invalid_sizes_raise(self, batch_size, ahead):
         with pytest.raises(ValueError, match="must be at least 1"):
             PreparationPipeline(InlineExecutor(), [], batch_size=batch_size,
-                                image_size=IMAGE_SIZE, find_scored=lambda uid: None,
+                                image_size=IMAGE_SIZE, find_scored=lambda uids: {},
                                 seen_in_run={}, ahead=ahead, **READ_OPTIONS)
