@@ -70,6 +70,7 @@ class Site:
     serving_address: str
     model_repository: Path
     batch_size: int
+    server_pid: int = 0
     environment: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -186,6 +187,7 @@ def open_site(args: argparse.Namespace) -> Iterator[Site]:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mammo"), "serve-models"], env=environment,
             stdout=subprocess.DEVNULL, stderr=open(root / "model-server.log", "wb"))
+        site.server_pid = server.pid
         _wait_until_served(environment)
         yield site
     finally:
@@ -232,44 +234,85 @@ class FlowRun:
     counts: dict
     peak_flow_bytes: int
     peak_with_workers_bytes: int
+    #: CPU seconds used during the timed run, by "flow", "workers", "prefect_api" and
+    #: "model_server".
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_flow(site: Site, workers: int) -> FlowRun:
-    """Run `process_incoming` once in a subprocess and sample its memory."""
+def _cpu(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _is_worker(process) -> bool:
+    # Worker processes, the forkserver they are forked from and the resource tracker.
+    return "multiprocessing" in " ".join(process.cmdline())
+
+
+def run_flow(site: Site, workers: int, *, batch_size: int | None = None,
+             code_root: Path = REPOSITORY_ROOT) -> FlowRun:
+    """Run `process_incoming` once in a subprocess and sample its memory and CPU time.
+
+    ``code_root`` is the checkout whose flow runs: this one, or a worktree of an earlier
+    commit for a before-and-after comparison.
+    """
     import psutil
 
-    command = [sys.executable, str(Path(__file__).resolve()), "_run-flow"]
-    process = subprocess.Popen(command, env=site.flow_environment(workers),
+    environment = site.flow_environment(workers)
+    if batch_size is not None:
+        environment["MAMMO_BATCH_SIZE"] = str(batch_size)
+    command = [sys.executable, str(code_root / "bench" / "end_to_end.py"), "_run-flow"]
+    process = subprocess.Popen(command, env=environment, cwd=code_root,
                                stdout=subprocess.PIPE, stderr=open(site.root / "flow.log", "ab"),
                                text=True)
     peaks = {"flow": 0, "with_workers": 0}
+    # CPU seconds per process id: at the start of the timed run, and the latest sample.
+    cpu_start: dict[int, float] = {}
+    cpu_last: dict[int, tuple[str, float]] = {}
     measuring = threading.Event()
     done = threading.Event()
+    parent = psutil.Process(process.pid)
+    server = psutil.Process(site.server_pid)
+
+    def processes() -> list[tuple[str, object]]:
+        found = [("flow", parent), ("model_server", server)]
+        with contextlib.suppress(psutil.Error):
+            for child in parent.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    found.append(("workers" if _is_worker(child) else "prefect_api", child))
+        return found
 
     def sample() -> None:
-        parent = psutil.Process(process.pid)
         while not done.is_set():
             if measuring.is_set():
-                with contextlib.suppress(psutil.Error):
-                    flow_rss = parent.memory_info().rss
-                    total = flow_rss
-                    for child in parent.children(recursive=True):
-                        with contextlib.suppress(psutil.Error):
-                            if "multiprocessing" in " ".join(child.cmdline()):
-                                total += child.memory_info().rss
-                    peaks["flow"] = max(peaks["flow"], flow_rss)
-                    peaks["with_workers"] = max(peaks["with_workers"], total)
+                total = 0
+                for group, member in processes():
+                    with contextlib.suppress(psutil.Error):
+                        cpu_last[member.pid] = (group, _cpu(member))
+                        if group == "flow":
+                            peaks["flow"] = max(peaks["flow"], member.memory_info().rss)
+                        if group in ("flow", "workers"):
+                            total += member.memory_info().rss
+                peaks["with_workers"] = max(peaks["with_workers"], total)
             time.sleep(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     result = None
+    cpu_end: dict[int, tuple[str, float]] = {}
     for line in process.stdout:
         if line.startswith("START"):
+            for group, member in processes():
+                with contextlib.suppress(psutil.Error):
+                    cpu_start[member.pid] = _cpu(member)
             measuring.set()
         elif line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
+            for group, member in processes():
+                with contextlib.suppress(psutil.Error):
+                    cpu_last[member.pid] = (group, _cpu(member))
             measuring.clear()
+            cpu_end = dict(cpu_last)
     process.wait()
     done.set()
     sampler.join()
@@ -277,7 +320,12 @@ def run_flow(site: Site, workers: int) -> FlowRun:
         raise RuntimeError(f"the flow run failed with exit code {process.returncode}; see "
                            f"{site.root / 'flow.log'}")
     shutil.rmtree(site.root / "data" / "archive", ignore_errors=True)
-    return FlowRun(result["seconds"], result["counts"], peaks["flow"], peaks["with_workers"])
+    cpu: dict[str, float] = {"flow": 0.0, "workers": 0.0, "prefect_api": 0.0,
+                             "model_server": 0.0}
+    for pid, (group, seconds) in cpu_end.items():
+        cpu[group] += seconds - cpu_start.get(pid, 0.0)
+    return FlowRun(result["seconds"], result["counts"], peaks["flow"],
+                   peaks["with_workers"], cpu)
 
 
 def _run_flow_here() -> None:
@@ -387,44 +435,101 @@ def _workers(args: argparse.Namespace) -> list[int]:
     return args.workers or [default_worker_count()]
 
 
+def hashing_seconds(files: list[Path]) -> float:
+    """Return the seconds to take the SHA-256 of ``files`` in one process, as the flow
+    does to deduplicate them."""
+    from tasks.prepare import hash_file
+
+    start = time.perf_counter()
+    for path in files:
+        hash_file(path)
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def checkout_of(ref: str | None) -> Iterator[Path | None]:
+    """Yield a temporary git worktree of ``ref`` of this repository, or None without one."""
+    if ref is None:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mammo-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(REPOSITORY_ROOT), "worktree", "add", "--detach",
+                    str(folder), ref], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPOSITORY_ROOT), "worktree", "remove", "--force",
+                        str(folder)], check=False, capture_output=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    code_root: Path
+    workers: int
+    batch_size: int
+
+
+def _variants(args: argparse.Namespace, workers: int, baseline: Path | None
+              ) -> list[Variant]:
+    variants = []
+    if baseline is not None:
+        variants.append(Variant(f"before ({args.baseline}), parallel", baseline, workers,
+                                args.baseline_batch_size))
+    variants.append(Variant("sequential", REPOSITORY_ROOT, 0, args.batch_size))
+    variants.append(Variant("parallel", REPOSITORY_ROOT, workers, args.batch_size))
+    variants += [Variant(f"parallel, batch {size}", REPOSITORY_ROOT, workers, size)
+                 for size in args.also_batch_size]
+    return variants
+
+
 def command_throughput(args: argparse.Namespace) -> None:
     workers = _workers(args)[0]
-    with open_site(args) as site:
+    with open_site(args) as site, checkout_of(args.baseline) as baseline:
         floor_folder = site.root / "floor"
         write_instances(floor_folder, args.instances, _sources(args))
         files = sorted(floor_folder.glob("*.dcm"))
         prep_one = preprocessing_seconds(files, args.model_size, 0)
         prep_parallel = preprocessing_seconds(files, args.model_size, workers)
+        hashing = hashing_seconds(files)
         models, grpc_bytes = model_seconds(site, files, args.model_size)
         shutil.rmtree(floor_folder)
 
-        print(f"{args.instances} instances, batch size {args.batch_size}, canonical size "
-              f"{args.model_size}, {workers} worker processes in parallel mode")
+        print(f"{args.instances} instances, canonical size {args.model_size}, {workers} "
+              "worker processes in parallel mode")
         print(f"preprocessing only, 1 process:   {prep_one:8.2f} s "
               f"({args.instances / prep_one:6.1f} instances/s)")
         print(f"preprocessing only, {workers} processes: {prep_parallel:8.2f} s "
               f"({args.instances / prep_parallel:6.1f} instances/s)")
-        print(f"models only:                     {models:8.2f} s "
+        print(f"SHA-256 of every file, 1 process: {hashing:7.2f} s")
+        print(f"models only, batches of {args.batch_size}:     {models:8.2f} s "
               f"({args.instances / models:6.1f} instances/s)")
         print(f"gRPC bytes sent per instance:    {grpc_bytes:8.0f}")
-        print(f"{'mode':<12}{'flow s':>9}{'inst/s':>9}{'floor s':>9}{'floor/flow':>12}"
-              f"{'overhead':>10}{'pipelined floor s':>19}{'overhead':>10}")
-        for mode in MODES:
+        # The sum floor: one process preprocesses, then the models score, no overlap (the
+        # issue's definition). The pipelined floor: the slower of the two stages, with the
+        # preprocessing on as many processes as the run uses; a run without workers cannot
+        # overlap them, so its pipelined floor is the sum floor.
+        floor = prep_one + models
+        print(f"{'run':<30}{'batch':>6}{'flow s':>8}{'inst/s':>8}{'over sum floor':>16}"
+              f"{'pipelined floor s':>19}{'over it':>9}   CPU s: flow, workers, "
+              "Prefect API, model server")
+        for variant in _variants(args, workers, baseline):
             write_instances(site.incoming, args.instances, _sources(args))
-            run = run_flow(site, workers if mode == "parallel" else 0)
+            run = run_flow(site, variant.workers, batch_size=variant.batch_size,
+                           code_root=variant.code_root)
             scored = run.counts["scored"]
             if scored != args.instances:
-                raise RuntimeError(f"{mode}: scored {scored} of {args.instances} instances: "
-                                   f"{run.counts}")
-            # The sum floor: one process preprocesses, then the models score, no overlap.
-            floor = prep_one + models
-            # The pipelined floor of the parallel mode: the slower of the two stages, with
-            # the preprocessing on every worker. The sequential mode cannot overlap them.
-            pipelined = max(prep_parallel, models) if mode == "parallel" else floor
-            print(f"{mode:<12}{run.seconds:>9.2f}{args.instances / run.seconds:>9.1f}"
-                  f"{floor:>9.2f}{floor / run.seconds:>12.2f}"
-                  f"{(run.seconds - floor) / run.seconds:>10.1%}"
-                  f"{pipelined:>19.2f}{(run.seconds - pipelined) / run.seconds:>10.1%}")
+                raise RuntimeError(f"{variant.label}: scored {scored} of {args.instances} "
+                                   f"instances: {run.counts}")
+            pipelined = max(prep_parallel, models) if variant.workers else floor
+            cpu = run.cpu_seconds
+            print(f"{variant.label:<30}{variant.batch_size:>6}{run.seconds:>8.2f}"
+                  f"{args.instances / run.seconds:>8.1f}"
+                  f"{(run.seconds - floor) / run.seconds:>16.1%}"
+                  f"{pipelined:>19.2f}{(run.seconds - pipelined) / run.seconds:>9.1%}   "
+                  f"{cpu['flow']:.2f}, {cpu['workers']:.2f}, {cpu['prefect_api']:.2f}, "
+                  f"{cpu['model_server']:.2f}", flush=True)
 
 
 def command_memory(args: argparse.Namespace) -> None:
@@ -470,6 +575,12 @@ def _flow_rate(site: Site, args: argparse.Namespace, workers: int) -> float:
     return run.counts["scored"] / run.seconds
 
 
+def _default_batch_size() -> int:
+    from mammo.settings import Settings
+
+    return Settings.model_fields["batch_size"].default
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_run-flow"]:
         _run_flow_here()
@@ -487,8 +598,19 @@ def main() -> None:
         command.add_argument("--workers", type=int, nargs="+",
                              help="worker processes of the parallel mode (scaling: each "
                              "count in turn); default one per CPU core")
-        command.add_argument("--batch-size", type=int, default=8,
-                             help="instances per batch (MAMMO_BATCH_SIZE)")
+        command.add_argument("--batch-size", type=int, default=_default_batch_size(),
+                             help="instances per batch (MAMMO_BATCH_SIZE); default the "
+                             "setting's default")
+        if name == "throughput":
+            command.add_argument("--also-batch-size", type=int, nargs="*", default=[],
+                                 help="run the parallel mode again with each of these "
+                                 "batch sizes")
+            command.add_argument("--baseline", metavar="GIT_REF",
+                                 help="also run the flow of this commit (parallel mode), "
+                                 "from a temporary git worktree, as the before figure")
+            command.add_argument("--baseline-batch-size", type=int, default=8,
+                                 help="batch size of the --baseline run (default 8, the "
+                                 "default before it became 32)")
         command.add_argument("--model-size", type=int, default=224,
                              help="input size of the tiny models and canonical size, pixels")
         command.add_argument("--model-repository", type=Path,
