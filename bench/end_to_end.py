@@ -18,20 +18,28 @@ temporary local API, so the timed run contains only `process_incoming` itself. M
 - ``parallel``: ``--workers`` worker processes, the next batch prepared while the current
   one is scored.
 
-Commands (one run each; both modes side by side):
+Commands (one run each; every variant side by side):
 
-    .venv/bin/python bench/end_to_end.py throughput --instances 200
+    .venv/bin/python bench/end_to_end.py throughput --instances 200 --baseline 33c50ee \
+        --also-batch-size 8
     .venv/bin/python bench/end_to_end.py memory --instances 500 2000
-    .venv/bin/python bench/end_to_end.py scaling --instances 96 --workers 1 2 3 4
+    .venv/bin/python bench/end_to_end.py scaling --instances 400 --workers 1 2
 
 ``throughput`` reports instances per second of the flow and of its floors, measured on the
 same instances: preprocessing only (`read_instance` and `preprocess`, in one process and on
-``--workers`` processes; the SHA-256 of each file counts as overhead) and models only (`ServingClient.score` on the canonical images in
-batches of ``--batch-size``, which also counts the gRPC bytes sent per instance).
+``--workers`` processes), the SHA-256 of every file (which the flow needs to deduplicate
+and the floor leaves out) and models only (`ServingClient.score` on the canonical images in
+batches of ``--batch-size``, which also counts the gRPC bytes sent per instance). It runs
+the sequential and parallel modes, the parallel mode again for each ``--also-batch-size``,
+and with ``--baseline GIT_REF`` the parallel flow of that commit, from a temporary git
+worktree, as the before figure. Each run also reports the CPU seconds of the flow process,
+its worker processes, Prefect's API server and the model server.
 ``memory`` reports the peak resident set size of the flow process and of the flow process
 plus its worker processes, sampled every 0.2 s with psutil (the Prefect API server that
-the flow process starts is left out). ``scaling`` reports preprocessing-only throughput on
-1..N worker processes and the flow's throughput with each worker count.
+the flow process starts is left out). ``scaling`` reports, for 0..N worker processes,
+preprocessing-only throughput on that many processes, the flow's throughput with that many
+workers, and the share of the flow's time above the preprocessing-only time, with and
+without the SHA-256.
 """
 
 from __future__ import annotations
@@ -274,12 +282,21 @@ def run_flow(site: Site, workers: int, *, batch_size: int | None = None,
     parent = psutil.Process(process.pid)
     server = psutil.Process(site.server_pid)
 
+    groups: dict[int, str] = {}
+
     def processes() -> list[tuple[str, object]]:
         found = [("flow", parent), ("model_server", server)]
-        with contextlib.suppress(psutil.Error):
-            for child in parent.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    found.append(("workers" if _is_worker(child) else "prefect_api", child))
+        try:
+            children = parent.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                # A process just started may still show its parent's command line, so a
+                # process seen once as a worker stays one.
+                if groups.get(child.pid) != "workers":
+                    groups[child.pid] = "workers" if _is_worker(child) else "prefect_api"
+                found.append((groups[child.pid], child))
         return found
 
     def sample() -> None:
@@ -558,21 +575,27 @@ def command_scaling(args: argparse.Namespace) -> None:
         write_instances(floor_folder, args.instances, _sources(args))
         files = sorted(floor_folder.glob("*.dcm"))
         single = preprocessing_seconds(files, args.model_size, 0)
-        print(f"{args.instances} instances; instances per second")
-        print(f"{'workers':>8}{'preprocessing only':>20}{'speed-up':>10}{'flow':>8}")
-        print(f"{'0':>8}{args.instances / single:>20.1f}{1.0:>10.2f}"
-              f"{_flow_rate(site, args, 0):>8.1f}", flush=True)
-        for workers in counts:
-            seconds = preprocessing_seconds(files, args.model_size, workers)
-            print(f"{workers:>8}{args.instances / seconds:>20.1f}{single / seconds:>10.2f}"
-                  f"{_flow_rate(site, args, workers):>8.1f}", flush=True)
+        hashing = hashing_seconds(files)
+        print(f"{args.instances} instances, batch size {args.batch_size}; SHA-256 of every "
+              f"file {hashing:.2f} s in one process")
+        print(f"{'workers':>8}{'preprocessing only/s':>22}{'speed-up':>10}{'flow/s':>8}"
+              f"{'flow over preprocessing':>25}{'less the SHA-256':>18}"
+              "   CPU s: flow, workers, Prefect API, model server")
+        for workers in [0, *counts]:
+            seconds = (single if workers == 0
+                       else preprocessing_seconds(files, args.model_size, workers))
+            write_instances(site.incoming, args.instances, _sources(args))
+            run = run_flow(site, workers)
+            # The SHA-256 runs on the workers, so it shares their processes.
+            hash_share = hashing / max(workers, 1)
+            cpu = run.cpu_seconds
+            print(f"{workers:>8}{args.instances / seconds:>22.1f}{single / seconds:>10.2f}"
+                  f"{run.counts['scored'] / run.seconds:>8.1f}"
+                  f"{(run.seconds - seconds) / run.seconds:>25.1%}"
+                  f"{(run.seconds - seconds - hash_share) / run.seconds:>18.1%}   "
+                  f"{cpu['flow']:.2f}, {cpu['workers']:.2f}, {cpu['prefect_api']:.2f}, "
+                  f"{cpu['model_server']:.2f}", flush=True)
         shutil.rmtree(floor_folder)
-
-
-def _flow_rate(site: Site, args: argparse.Namespace, workers: int) -> float:
-    write_instances(site.incoming, args.instances, _sources(args))
-    run = run_flow(site, workers)
-    return run.counts["scored"] / run.seconds
 
 
 def _default_batch_size() -> int:
