@@ -408,11 +408,14 @@ def model_seconds(site: Site, files: list[Path], size: int) -> tuple[float, floa
     from mammo.settings import Settings
 
     sent = {"bytes": 0}
+    # The client sends the four models' requests from several threads at once.
+    counting = threading.Lock()
 
     class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
         def intercept_unary_unary(self, continuation, details, request):
             if details.method.endswith("/Predict"):
-                sent["bytes"] += request.ByteSize()
+                with counting:
+                    sent["bytes"] += request.ByteSize()
             return continuation(details, request)
 
     open_channel = serving.client.open_channel
