@@ -526,8 +526,8 @@ def command_throughput(args: argparse.Namespace) -> None:
         print(f"models only, batches of {args.batch_size}:     {models:8.2f} s "
               f"({args.instances / models:6.1f} instances/s)")
         print(f"gRPC bytes sent per instance:    {grpc_bytes:8.0f}")
-        # The sum floor: one process preprocesses, then the models score, no overlap (the
-        # issue's definition). The pipelined floor: the slower of the two stages, with the
+        # The sum floor: one process preprocesses, then the models score, with no overlap.
+        # The pipelined floor: the slower of the two stages, with the
         # preprocessing on as many processes as the run uses; a run without workers cannot
         # overlap them, so its pipelined floor is the sum floor.
         floor = prep_one + models

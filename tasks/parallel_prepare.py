@@ -140,7 +140,7 @@ def prepare_file(claimed: ClaimedFile, *, image_size: int,
         return Rejection(claimed, rejected.reason,
                          _name_original(rejected.message, dicom_path, claimed),
                          content_hash=content_hash)
-    del data  # the data set holds what it needs; free the file's bytes before decoding
+    del data  # the data set has its own copy of the Pixel Data, so free the file's bytes
     try:
         image: np.ndarray | PreprocessFailure = preprocess(instance, image_size)
     except InputRejected as rejected:
@@ -152,9 +152,9 @@ def prepare_file(claimed: ClaimedFile, *, image_size: int,
 def _read_and_hash(path: Path, *, max_bytes: int) -> tuple[bytes | None, str]:
     """Return the file's bytes and their SHA-256 hex digest.
 
-    A file larger than ``max_bytes`` cannot hold an image of the allowed size, and is
-    hashed in chunks instead of being held in memory; its bytes are returned as None, and
-    `read_instance` reads the header from the file and rejects it.
+    A file larger than ``max_bytes`` is too large for an image of the allowed size. It is
+    hashed in chunks instead of being read into memory, and its bytes are returned as None,
+    so `read_instance` reads the file itself.
     """
     if path.stat().st_size > max_bytes:
         return None, hash_file(path)

@@ -21,7 +21,7 @@ from tasks.parallel_prepare import (
     open_executor,
     prepare_file,
 )
-from tasks.prepare import PreparedBatch, hash_file, prepare_batch
+from tasks.prepare import HEADER_ALLOWANCE_BYTES, PreparedBatch, hash_file, prepare_batch
 from tests.tasks.mammogram_files import make_breast_pixels, make_dataset, write_dataset
 
 IMAGE_SIZE = 64
@@ -223,6 +223,25 @@ class TestWorkers:
         assert isinstance(prepared.image, PreprocessFailure)
         assert prepared.image.reason is ReasonCode.BLANK_IMAGE
         assert prepared.info.sop_instance_uid == uid
+        work.__exit__(None, None, None)
+
+    def test_file_too_large_to_read_whole(self, tmp_path):
+        # 64 MB of private data: more than the header allowance plus 4 bytes per pixel
+        # that max_pixels=16 allows, so the file is hashed in chunks and read from disk.
+        dataset = make_dataset()
+        block = dataset.private_block(0x0009, "MAMMO TEST", create=True)
+        block.add_new(0x10, "OB", bytes(HEADER_ALLOWANCE_BYTES + 1024))
+        (tmp_path / "in").mkdir()
+        source = write_dataset(tmp_path / "in" / "large.dcm", dataset)
+        expected_hash = hash_file(source)
+        work = _claim_all(tmp_path / "in", tmp_path / "work", "run")
+        [claimed] = work.files()
+
+        rejection = prepare_file(claimed, image_size=IMAGE_SIZE, allowed_modalities=("MG",),
+                                 max_pixels=16)
+
+        assert rejection.reason is ReasonCode.OVERSIZE
+        assert rejection.content_hash == expected_hash
         work.__exit__(None, None, None)
 
     def test_unknown_executor_raises(self):
