@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -129,6 +129,23 @@ def finish_run(session: Session, flow_run_id: str, *, status: str,
     run.finished_at = utc_now()
     for name, value in counts.items():
         setattr(run, name, int(value))
+
+
+def mark_runs_crashed(session: Session, flow_run_ids: Sequence[str]) -> int:
+    """Set the runs among ``flow_run_ids`` still recorded as running to "crashed", and
+    return how many there were.
+
+    A run killed before its end (SIGKILL, power loss) never records its end. The next run
+    that finds its work folder abandoned calls this. Rows in other states stay as they are.
+    """
+    if not flow_run_ids:
+        return 0
+    result = session.execute(
+        update(ProcessingRun)
+        .where(ProcessingRun.flow_run_id.in_(list(flow_run_ids)),
+               ProcessingRun.status == "running")
+        .values(status="crashed", finished_at=utc_now()))
+    return result.rowcount
 
 
 def find_instances(session: Session, sop_instance_uids: Iterable[str]) -> dict[str, Instance]:

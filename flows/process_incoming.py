@@ -126,6 +126,17 @@ def _scored_lookup(settings: Settings, session_factory) -> ScoredLookup:
     return find_scored
 
 
+def _record_crashed_runs(settings: Settings, session_factory, run_ids: list[str]) -> None:
+    """Record as crashed the runs whose abandoned work folders this run emptied."""
+    if not run_ids:
+        return
+    crashed = in_transaction(settings, session_factory,
+                             lambda session: writes.mark_runs_crashed(session, run_ids))
+    if crashed:
+        get_run_logger().warning("Recorded %d runs that died before their end as crashed: %s",
+                                 crashed, ", ".join(run_ids))
+
+
 @task(cache_policy=NO_CACHE)
 def score(client: ServingClient, batch: PreparedBatch) -> dict[str, ModelRun]:
     """Score the batch with every model; images given a non-finite score move to the batch's
@@ -255,6 +266,7 @@ def process_incoming(
             image_size = max(max(m.input_height, m.input_width) for m in served.values())
             files, pending = claim_incoming(settings, work)
             counts["files_claimed"] = len(files)
+            _record_crashed_runs(settings, session_factory, work.dead_run_ids)
 
             executor = stack.enter_context(open_settings_executor(settings, len(files)))
             pipeline = stack.enter_context(PreparationPipeline(
@@ -277,6 +289,8 @@ def process_incoming(
                             len(batch.to_score), len(batch.duplicates), len(batch.rejections))
         status = "completed"
     finally:
+        # NOTE: a kill between removing the empty work folder above and this write leaves
+        # the run "running", because no later run finds a folder to mark it "crashed".
         try:
             in_transaction(settings, session_factory, lambda session: writes.finish_run(
                 session, run_id, status=status, counts=counts))

@@ -112,6 +112,8 @@ class WorkFolder:
         self.work_root = work_root
         self.run_id = run_id
         self.path = work_root / run_id
+        #: Run ids of the dead runs whose work folders `reclaim_orphans` emptied.
+        self.dead_run_ids: list[str] = []
         self._lock_fd: int | None = None
 
     def __enter__(self) -> WorkFolder:
@@ -209,6 +211,8 @@ class WorkFolder:
                     os.close(lock_fd)
             if moved:
                 logger.info("Reclaimed %d files from dead run %s", len(moved), folder.name)
+            if not folder.name.startswith("."):
+                self.dead_run_ids.append(folder.name)
             reclaimed.extend(moved)
         return reclaimed
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from db import writes
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
-from db.schema import Instance, ModelScore, QuarantineRecord, SecondOpinion
+from db.schema import Instance, ModelScore, ProcessingRun, QuarantineRecord, SecondOpinion
 
 
 @pytest.fixture
@@ -129,6 +129,31 @@ class TestFindInstances:
         with session_factory() as session:
             found = writes.find_instances(session, ["1.2", "9.9"])
         assert set(found) == {"1.2"}
+
+
+class TestMarkRunsCrashed:
+    def test_only_running_rows_change(self, session_factory):
+        with session_factory.begin() as session:
+            writes.start_run(session, "killed")
+            writes.start_run(session, "finished")
+            writes.finish_run(session, "finished", status="completed", counts={"scored": 3})
+
+        with session_factory.begin() as session:
+            changed = writes.mark_runs_crashed(session, ["killed", "finished", "unknown"])
+
+        assert changed == 1
+        with session_factory() as session:
+            killed = session.get(ProcessingRun, "killed")
+            finished = session.get(ProcessingRun, "finished")
+            assert killed.status == "crashed"
+            assert killed.finished_at is not None
+            assert finished.status == "completed"
+            assert finished.scored == 3
+            assert session.get(ProcessingRun, "unknown") is None
+
+    def test_no_run_ids_changes_nothing(self, session_factory):
+        with session_factory.begin() as session:
+            assert writes.mark_runs_crashed(session, []) == 0
 
 
 class TestRunInTransaction:

@@ -99,6 +99,7 @@ class TestReclaimOrphans:
             reclaimed = work.reclaim_orphans()
             assert sorted(c.original_name for c in reclaimed) == ["a.dcm", "b.dcm"]
             assert not (work_root / "dead-run").exists()
+            assert work.dead_run_ids == ["dead-run"]
             for claimed in reclaimed:
                 claimed.path.unlink()
 
@@ -109,6 +110,7 @@ class TestReclaimOrphans:
         try:
             with WorkFolder(work_root, "run-b") as work:
                 assert work.reclaim_orphans() == []
+                assert work.dead_run_ids == []
             assert len(list((work_root / "live-run").iterdir())) == 2
         finally:
             process.kill()
