@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from mammo.errors import MammoError, ModelContractError, ModelServingError
 from mammo.settings import MODEL_NAMES, Settings
-from mammo.texts import text
+from mammo.texts import category_text, column_label, text
 
 logger = logging.getLogger("mammo.cli")
 
@@ -359,6 +359,8 @@ def _versions_in(frame) -> set[tuple[str, int]]:
     return pairs
 
 
+CATEGORIES = ("suspicious", "not_suspicious")
+
 TABLE_COLUMNS = {
     "quarantine": ["file_name", "sop_instance_uid", "reason_code", "message"],
     "breast": ["study_instance_uid", "laterality", "views_present", "views_missing",
@@ -382,9 +384,15 @@ def _print_table(frame, settings: Settings, *, level: str) -> None:
     for uid_column in ("sop_instance_uid", "study_instance_uid"):
         if uid_column in columns and level != "quarantine":
             frame = frame.assign(**{uid_column: "…" + frame[uid_column].str[-20:]})
+    frame = frame[[c for c in columns if c in frame.columns]]
+    if "category" in frame.columns:
+        frame = frame.assign(category=[
+            category_text(value, settings.language) if value in CATEGORIES else value
+            for value in frame["category"]])
+    frame = frame.rename(columns=lambda column: column_label(column, settings.language))
     with pd.option_context("display.width", 250, "display.max_columns", None,
                            "display.float_format", "{:.4f}".format):
-        print(frame[[c for c in columns if c in frame.columns]].to_string(index=False))
+        print(frame.to_string(index=False))
 
 
 # --- parser ------------------------------------------------------------------------------

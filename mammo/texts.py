@@ -202,3 +202,40 @@ def text(key: str, language: Language = "en", **values: object) -> str:
 
 def category_text(category: str, language: Language = "en") -> str:
     return text(f"category.{category}", language)
+
+
+#: Turkish headers of the result and quarantine tables that `mammo results` prints. English
+#: tables keep the column names, which CSV, JSON and the reporting views use too.
+TURKISH_COLUMN_LABELS = {
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "accession_number": "Erişim no",
+    "laterality": "Taraf",
+    "view": "Projeksiyon",
+    "views_present": "Mevcut projeksiyonlar",
+    "views_missing": "Eksik projeksiyonlar",
+    "breast_count": "Meme sayısı",
+    "probability": "Olasılık",
+    "category": "Kategori",
+    "models_agreeing": "Uyuşan modeller",
+    "most_suspicious_laterality": "En şüpheli taraf",
+    "file_name": "Dosya adı",
+    "reason_code": "Neden kodu",
+    "message": "Mesaj",
+}
+
+#: Turkish headers of the per-model columns ``<model>_probability`` and ``<model>_version``.
+TURKISH_MODEL_COLUMN_LABELS = {"_probability": "{model} olasılığı",
+                               "_version": "{model} sürümü"}
+
+
+def column_label(column: str, language: Language = "en") -> str:
+    """Return the table header of a result column in ``language``."""
+    if language == "en":
+        return column
+    if column in TURKISH_COLUMN_LABELS:
+        return TURKISH_COLUMN_LABELS[column]
+    for suffix, template in TURKISH_MODEL_COLUMN_LABELS.items():
+        if column.endswith(suffix):
+            return template.format(model=column.removesuffix(suffix))
+    return column

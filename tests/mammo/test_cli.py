@@ -72,6 +72,31 @@ class TestResults:
         assert main(["results", "--category", "not_suspicious", "--format", "csv"]) == 0
         assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
 
+    def test_turkish_table_headers(self, data_dir, capsys, monkeypatch):
+        _write_exam(data_dir)
+        capsys.readouterr()
+        monkeypatch.setenv("MAMMO_LANGUAGE", "tr")
+
+        assert main(["results"]) == 0
+        header = capsys.readouterr().out.splitlines()[0]
+        assert "Olasılık" in header
+        assert "Kategori" in header
+        assert "cnn olasılığı" in header
+        assert "vgg19 sürümü" in header
+        assert main(["results", "--level", "breast"]) == 0
+        output = capsys.readouterr().out
+        assert "Eksik projeksiyonlar" in output
+        assert "malignite açısından şüpheli" in output
+
+    def test_english_table_keeps_column_names(self, data_dir, capsys):
+        _write_exam(data_dir)
+        capsys.readouterr()
+
+        assert main(["results", "--level", "study"]) == 0
+        output = capsys.readouterr().out
+        assert "most_suspicious_laterality" in output.splitlines()[0]
+        assert "suspicious for malignancy" in output
+
     def test_study_date_filter(self, data_dir, capsys):
         _write_exam(data_dir)
         capsys.readouterr()
