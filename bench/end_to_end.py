@@ -270,9 +270,9 @@ def run_flow(site: Site, workers: int, *, batch_size: int | None = None,
     if batch_size is not None:
         environment["MAMMO_BATCH_SIZE"] = str(batch_size)
     command = [sys.executable, str(code_root / "bench" / "end_to_end.py"), "_run-flow"]
+    log = open(site.root / "flow.log", "ab")
     process = subprocess.Popen(command, env=environment, cwd=code_root,
-                               stdout=subprocess.PIPE, stderr=open(site.root / "flow.log", "ab"),
-                               text=True)
+                               stdout=subprocess.PIPE, stderr=log, text=True)
     peaks = {"flow": 0, "with_workers": 0}
     # CPU seconds per process id: at the start of the timed run, and the latest sample.
     cpu_start: dict[int, float] = {}
@@ -527,9 +527,9 @@ def command_throughput(args: argparse.Namespace) -> None:
               f"({args.instances / models:6.1f} instances/s)")
         print(f"gRPC bytes sent per instance:    {grpc_bytes:8.0f}")
         # The sum floor: one process preprocesses, then the models score, with no overlap.
-        # The pipelined floor: the slower of the two stages, with the
-        # preprocessing on as many processes as the run uses; a run without workers cannot
-        # overlap them, so its pipelined floor is the sum floor.
+        # The pipelined floor is the slower of the two stages, with the preprocessing on as
+        # many processes as the run uses. A run without workers cannot overlap the stages,
+        # so its pipelined floor is the sum floor.
         floor = prep_one + models
         print(f"{'run':<30}{'batch':>6}{'flow s':>8}{'inst/s':>8}{'over sum floor':>16}"
               f"{'pipelined floor s':>19}{'over it':>9}   CPU s: flow, workers, "

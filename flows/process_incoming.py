@@ -7,8 +7,9 @@ Sequence of one run:
    claim them by atomic rename;
 3. per batch: read, deduplicate and preprocess (on worker processes, ahead of scoring);
    score with the four models; ensemble; write all outcomes in one transaction; then
-   archive, quarantine or delete the files. The ensemble uses the weights and threshold that the retraining flow stored for the served
-   versions, or the settings' when it stored none;
+   archive, quarantine or delete the files. The ensemble uses the weights and threshold
+   that the retraining flow stored for the served versions, or the settings' when it
+   stored none;
 4. record the run and publish a summary artifact.
 
 A scoring failure after the client's retries fails the run and leaves the batch's files in

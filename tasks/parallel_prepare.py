@@ -13,8 +13,8 @@ same outcomes that `tasks.prepare.prepare_batch` gives, with the work split in t
 
 Each file is read once and crosses the process boundary once. The price is that a
 duplicate is preprocessed before it is recognised, so a study sent twice costs the CPU of
-a new one (but is scored once); in return the workers never wait for the parent's decisions
-or the database.
+a new one, although it is scored once. In return the workers never wait for the parent's
+decisions or the database.
 
 A background thread runs these steps batch after batch and hands finished batches to the
 flow through a queue of ``ahead`` batches, so the workers prepare the next batches while the
@@ -24,9 +24,9 @@ exist at a time: the one being scored, ``ahead`` in the queue, the one being col
 the one after it.
 
 The workers are a `concurrent.futures.ProcessPoolExecutor` (``MAMMO_PREPROCESS_WORKERS``
-processes, forked from a clean server process so that no worker inherits the flow's gRPC or
-TensorFlow threads) or Prefect's Dask task runner (``MAMMO_PREPROCESS_EXECUTOR=dask``). With 0 workers
-every step runs in the flow's own thread, one file after the other.
+processes, forked from a clean server process so that no worker inherits the flow's gRPC
+or TensorFlow threads) or Prefect's Dask task runner (``MAMMO_PREPROCESS_EXECUTOR=dask``).
+With 0 workers every step runs in the flow's own thread, one file after the other.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def prepare_file(claimed: ClaimedFile, *, image_size: int,
         image: np.ndarray | PreprocessFailure = preprocess(instance, image_size)
     except InputRejected as rejected:
         image = PreprocessFailure(rejected.reason, rejected.message)
-    return PreparedFile(claimed, dicom_path, content_hash, InstanceInfo.from_instance(instance),
-                        decompressed, image)
+    info = InstanceInfo.from_instance(instance)
+    return PreparedFile(claimed, dicom_path, content_hash, info, decompressed, image)
 
 
 def _read_and_hash(path: Path, *, max_bytes: int) -> tuple[bytes | None, str]:

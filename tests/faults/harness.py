@@ -330,6 +330,21 @@ class Audit:
                 f"{self.archive_files} archived, {len(self.left_in_work)} left in work")
 
 
+def run_statuses(database_url: str) -> list[str]:
+    """Return the status of every row of processing_runs, oldest run first."""
+    from sqlalchemy import create_engine, select
+
+    from db.schema import ProcessingRun
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(
+                select(ProcessingRun.status).order_by(ProcessingRun.started_at)))
+    finally:
+        engine.dispose()
+
+
 def audit_outcomes(database_url: str, data_dir: Path, inputs: InputSet,
                    model_count: int = 1) -> Audit:
     """Count the outcomes of ``inputs`` and check the archive, quarantine and work folders."""

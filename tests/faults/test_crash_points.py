@@ -11,10 +11,13 @@ unarchived file it duplicates.
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, select
-
-from db.schema import ProcessingRun
-from tests.faults.harness import audit_outcomes, deliver, run_to_completion, write_inputs
+from tests.faults.harness import (
+    audit_outcomes,
+    deliver,
+    run_statuses,
+    run_to_completion,
+    write_inputs,
+)
 
 INSTANCES = 40
 NOT_DICOM = 3
@@ -60,14 +63,6 @@ def test_crash_points_lose_and_double_nothing(fault_env, tmp_path):
     assert audit.duplicate_records == INSTANCES, context
     assert audit.quarantine_records == NOT_DICOM, context
     # Each killed run's folder was reclaimed by the run after it, which recorded the kill.
-    assert _run_statuses(fault_env["MAMMO_DATABASE_URL"]) == \
+    assert run_statuses(fault_env["MAMMO_DATABASE_URL"]) == \
         ["crashed"] * len(CRASH_POINTS) + ["completed"]
 
-
-def _run_statuses(database_url: str) -> list[str]:
-    engine = create_engine(database_url)
-    with engine.connect() as connection:
-        statuses = connection.scalars(
-            select(ProcessingRun.status).order_by(ProcessingRun.started_at)).all()
-    engine.dispose()
-    return list(statuses)

@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
 
-from db.schema import ProcessingRun
 from mammo.errors import ModelServingError
-from tests.faults.harness import audit_outcomes, write_inputs
+from tests.faults.harness import audit_outcomes, run_statuses, write_inputs
 
 INSTANCES = 60
 #: The outage starts once this many files are archived, so it falls in the middle of the run.
@@ -81,13 +79,6 @@ class Outage(threading.Thread):
         self.join(timeout=60)
 
 
-def _run_statuses(database_url: str) -> list[str]:
-    engine = create_engine(database_url)
-    with engine.connect() as connection:
-        statuses = connection.scalars(
-            select(ProcessingRun.status).order_by(ProcessingRun.started_at)).all()
-    engine.dispose()
-    return list(statuses)
 
 
 def test_outage_within_retries_scores_all(fault_env, monkeypatch, tmp_path, retry_log):
@@ -116,7 +107,7 @@ def test_outage_within_retries_scores_all(fault_env, monkeypatch, tmp_path, retr
     audit = audit_outcomes(fault_env["MAMMO_DATABASE_URL"], data_dir, inputs)
     assert audit.clean, audit.summary()
     assert audit.quarantine_records == 0
-    assert _run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["completed"]
+    assert run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["completed"]
 
 
 def test_outage_beyond_retries_fails_run_and_keeps_files(fault_env, monkeypatch, tmp_path,
@@ -138,7 +129,7 @@ def test_outage_beyond_retries_fails_run_and_keeps_files(fault_env, monkeypatch,
     left = [p for p in (data_dir / "work").rglob("*") if p.is_file() and p.name != ".lock"]
     assert len(left) == INSTANCES - _archived(data_dir)
     assert list((data_dir / "quarantine").rglob("*.*")) == []
-    assert _run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["failed"]
+    assert run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["failed"]
     retries = [m for m in retry_log.messages if "retry" in m and "UNAVAILABLE" in m]
     assert len(retries) == 2  # one Predict call of the failing batch, retried twice
 
@@ -151,4 +142,4 @@ def test_outage_beyond_retries_fails_run_and_keeps_files(fault_env, monkeypatch,
     assert audit.clean, audit.summary()
     assert audit.scored_instances == INSTANCES
     assert audit.quarantine_records == 0
-    assert _run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["failed", "completed"]
+    assert run_statuses(fault_env["MAMMO_DATABASE_URL"]) == ["failed", "completed"]

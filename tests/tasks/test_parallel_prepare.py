@@ -280,7 +280,7 @@ class TestPipeline:
                     pipeline.next_batch()
         work.__exit__(None, None, None)
 
-    def test_lookup_asked_once_per_batch_for_unseen_uids(self, tmp_path):
+    def test_one_lookup_per_batch(self, tmp_path):
         work = self._claimed(tmp_path, 5)
         files = _in_name_order(work)
         uids = [_uid(claimed.path) for claimed in files]
@@ -289,10 +289,10 @@ class TestPipeline:
         work.claim(tmp_path / "in", tmp_path / "in" / "005.dcm")
         files += [claimed for claimed in work.files()
                   if claimed.original_name == "005.dcm"]
-        asked: list[list[str]] = []
+        requested: list[list[str]] = []
 
         def lookup(uids):
-            asked.append(list(uids))
+            requested.append(list(uids))
             return {}
 
         with open_executor("processes", 2) as executor:
@@ -301,7 +301,7 @@ class TestPipeline:
                                      **READ_OPTIONS) as pipeline:
                 batches = list(pipeline)
 
-        assert asked == [sorted(uids[:3]), sorted(uids[3:])]
+        assert requested == [sorted(uids[:3]), sorted(uids[3:])]
         assert [len(batch.to_score) for batch in batches] == [3, 2]
         assert len(batches[1].duplicates) == 1
         work.__exit__(None, None, None)
